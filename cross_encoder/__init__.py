@@ -1,0 +1,1 @@
+"""RWKV-5 cross-encoder: model, LoRA trainer, evaluation and reranking."""

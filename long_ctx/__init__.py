@@ -1,0 +1,1 @@
+"""Data stages: NQ long-context records -> query/positive/negative -> token ids -> padded rows."""
