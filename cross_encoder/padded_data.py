@@ -1,0 +1,288 @@
+"""Stage 2's padded rows for training: loading, the split by group, batch plans and collation.
+
+Rows arrive right-padded to L (`padding.json: max_length`) but only their first `length`
+tokens matter (the model is causal and the score is read at `length-1`), so they are kept in
+memory as one flat array of real tokens plus offsets and re-padded per batch to that batch's
+longest row. Memory is then proportional to real tokens, not to rows x L.
+
+Batch plans are pure functions of (seed, epoch, sizes): no global RNG, nothing that depends on
+the number of DataLoader workers, so a resumed run sees exactly the batches an uninterrupted
+one would.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+REQUIRED_COLUMNS = ("input_ids", "labels", "length", "group")
+REQUIRED_META = ("max_length", "sep_token_id", "cls_token_id", "pad_token_id")
+# HF's LengthGroupedSampler sorts inside mega-batches of 50 batches: long enough to pair up
+# similar lengths, short enough that the order stays shuffled at the scale of an epoch.
+MEGA_BATCH_MULT = 50
+
+
+@dataclass
+class PaddedRows:
+    """All rows of a padded dataset, stored without their padding."""
+
+    tokens: np.ndarray   # [sum(lengths)] real tokens of every row, concatenated
+    offsets: np.ndarray  # [N+1] int64; row i is tokens[offsets[i]:offsets[i+1]]
+    lengths: np.ndarray  # [N] int64 real tokens incl. CLS; the CLS is at lengths[i]-1
+    labels: np.ndarray   # [N] int8, 1 positive / 0 negative
+    groups: np.ndarray   # [N] int64 source record; a group's rows are consecutive
+    meta: dict[str, Any]  # padding.json
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.lengths.size)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.meta["max_length"])
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.meta["pad_token_id"])
+
+    def row(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+
+@dataclass
+class GroupSpans:
+    """Row ranges of the groups, in file order: group g is rows starts[g]:ends[g]."""
+
+    starts: np.ndarray  # [G] int64
+    ends: np.ndarray    # [G] int64
+    max_len: np.ndarray  # [G] longest real row of the group
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.starts.size)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.ends - self.starts
+
+
+def read_padding_meta(ds_dir: str | Path) -> dict[str, Any]:
+    """padding.json of a stage-2 folder, with an error that says how to get one."""
+    path = Path(ds_dir) / "padding.json"
+    if not Path(ds_dir).is_dir():
+        raise FileNotFoundError(f"dataset folder {ds_dir} does not exist; build it with "
+                                "long_ctx/2_create_padded_data.py and pass its --output_dir as --ds_dir")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{ds_dir} has no padding.json, so it is not a padded dataset; run "
+            f"long_ctx/2_create_padded_data.py --ds_dir {ds_dir} ... and pass the folder it "
+            "writes (…_padded_<L>_…) as --ds_dir")
+    meta = orjson.loads(path.read_bytes())
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; re-create it with long_ctx/2_create_padded_data.py")
+    return meta
+
+
+def shard_files(ds_dir: str | Path) -> list[Path]:
+    """The parquet shards of a dataset folder, in row order (names sort as shard numbers)."""
+    files = sorted(Path(ds_dir).glob("*.parquet")) or sorted(Path(ds_dir).glob("data/*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no parquet shards in {ds_dir}; re-run long_ctx/2_create_padded_data.py")
+    return files
+
+
+def load_padded_dataset(ds_dir: str | Path, progress: bool = True) -> PaddedRows:
+    """Read and validate every shard; keep only the real tokens of each row."""
+    meta = read_padding_meta(ds_dir)
+    L, cls_id = int(meta["max_length"]), int(meta["cls_token_id"])
+    files = shard_files(ds_dir)
+    toks, lens, labs, grps = [], [], [], []
+    bar = tqdm(total=sum(pq.ParquetFile(f).metadata.num_rows for f in files), unit="row",
+               desc="loading rows", disable=not progress)
+    for f in files:
+        pf = pq.ParquetFile(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in pf.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{f} lacks columns {missing}; it is not stage-2 output")
+        for batch in pf.iter_batches(batch_size=4096, columns=list(REQUIRED_COLUMNS)):
+            n = batch.num_rows
+            flat = batch.column("input_ids").flatten().to_numpy(zero_copy_only=False)
+            if flat.size != n * L:
+                raise ValueError(f"{f}: rows are not all {L} tokens long as padding.json says; "
+                                 "re-create the dataset with long_ctx/2_create_padded_data.py")
+            ids = flat.reshape(n, L)  # [n, L]
+            length = batch.column("length").to_numpy(zero_copy_only=False).astype(np.int64)
+            if length.min(initial=1) < 1 or length.max(initial=1) > L:
+                raise ValueError(f"{f}: a `length` is outside 1..{L}")
+            if n and not np.all(ids[np.arange(n), length - 1] == cls_id):
+                bad = int(np.flatnonzero(ids[np.arange(n), length - 1] != cls_id)[0])
+                raise ValueError(f"{f}: row {bad} of a batch has no CLS ({cls_id}) at length-1; the "
+                                 "dataset does not match its padding.json")
+            keep = np.arange(L)[None, :] < length[:, None]  # [n, L] real-token mask
+            toks.append(ids[keep])
+            lens.append(length)
+            labs.append(batch.column("labels").to_numpy(zero_copy_only=False).astype(np.int8))
+            grps.append(batch.column("group").to_numpy(zero_copy_only=False).astype(np.int64))
+            bar.update(n)
+    bar.close()
+    lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
+    labels = np.concatenate(labs) if labs else np.zeros(0, np.int8)
+    groups = np.concatenate(grps) if grps else np.zeros(0, np.int64)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{ds_dir}: labels must be 0 or 1")
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    rows = PaddedRows(tokens=np.concatenate(toks) if toks else np.zeros(0, np.uint16),
+                      offsets=offsets, lengths=lengths, labels=labels, groups=groups, meta=meta)
+    group_spans(rows)  # validates that groups are consecutive
+    return rows
+
+
+def group_spans(rows: PaddedRows) -> GroupSpans:
+    """Row ranges of each group; an error if a group's rows are not consecutive."""
+    g = rows.groups
+    if g.size == 0:
+        z = np.zeros(0, np.int64)
+        return GroupSpans(z, z, z)
+    change = np.flatnonzero(g[1:] != g[:-1]) + 1
+    starts = np.concatenate([[0], change]).astype(np.int64)
+    ends = np.concatenate([change, [g.size]]).astype(np.int64)
+    if np.unique(g[starts]).size != starts.size:
+        raise ValueError("rows of a group are not consecutive; the dataset was not written by "
+                         "long_ctx/2_create_padded_data.py (or was shuffled afterwards)")
+    max_len = np.maximum.reduceat(rows.lengths, starts) if starts.size else starts
+    return GroupSpans(starts, ends, max_len.astype(np.int64))
+
+
+def split_groups(n_groups: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group indices (sorted) for training and for evaluation; no group is in both.
+
+    At least one group is held out whenever eval_fraction > 0 and there are 2+ groups, so a
+    small dataset still gets an evaluation.
+    """
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"--eval_fraction must be in [0, 1), got {eval_fraction}")
+    n_eval = int(round(eval_fraction * n_groups))
+    if eval_fraction > 0 and n_groups >= 2:
+        n_eval = min(max(n_eval, 1), n_groups - 1)
+    perm = np.random.default_rng([seed, 0x5E1]).permutation(n_groups)
+    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
+
+
+def plan_epoch(spans: GroupSpans, lengths: np.ndarray, train_groups: np.ndarray, bs: int,
+               seed: int, epoch: int, whole_groups: bool, group_by_length: bool) -> list[np.ndarray]:
+    """This epoch's micro-batches for all processes together, as arrays of row indices.
+
+    - default: rows shuffled individually, batches of `bs` rows;
+    - group_by_length: groups shuffled, sorted by their longest row inside mega-batches of
+      ~50 batches, then cut into `bs` rows with each group's rows kept adjacent; the batch with
+      the longest row goes first so an out-of-memory shows up at step 1, not hours in;
+    - whole_groups (grouped loss): whole groups packed into batches of at most `bs` rows
+      (combined with group_by_length, the groups are length-sorted first).
+    `lengths` [N] are the rows' real lengths.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    sizes = spans.sizes[train_groups]
+    if whole_groups and sizes.size and sizes.max() > bs:
+        raise ValueError(f"a group has {int(sizes.max())} rows but --bs is {bs}; the grouped loss needs "
+                         f"a whole group per batch: use --bs {int(sizes.max())} or more")
+    if whole_groups or group_by_length:
+        order = train_groups[rng.permutation(train_groups.size)]
+        units = [np.arange(spans.starts[g], spans.ends[g]) for g in order]
+        unit_len = spans.max_len[order]
+    else:
+        rows = _rows_of(spans, train_groups)
+        flat = rows[rng.permutation(rows.size)]
+        return [flat[i:i + bs].astype(np.int64) for i in range(0, flat.size, bs)]
+    if group_by_length and units:
+        mean_size = max(1.0, float(np.mean([u.size for u in units])))
+        per_mega = max(1, int(math.ceil(MEGA_BATCH_MULT * bs / mean_size)))
+        ordered: list[np.ndarray] = []
+        for i in range(0, len(units), per_mega):
+            # Stable sort by descending length keeps the shuffled order among equal lengths.
+            for j in np.argsort(-unit_len[i:i + per_mega], kind="stable"):
+                ordered.append(units[i + j])
+        units = ordered
+    batches: list[np.ndarray] = []
+    if whole_groups:
+        cur: list[np.ndarray] = []
+        n_cur = 0
+        for u in units:
+            if n_cur + u.size > bs and cur:
+                batches.append(np.concatenate(cur))
+                cur, n_cur = [], 0
+            cur.append(u)
+            n_cur += u.size
+        if cur:
+            batches.append(np.concatenate(cur))
+    else:
+        flat = np.concatenate(units) if units else np.zeros(0, np.int64)
+        batches = [flat[i:i + bs] for i in range(0, flat.size, bs)]
+    if group_by_length and len(batches) > 1:
+        longest = int(np.argmax([lengths[b].max() for b in batches]))
+        batches.insert(0, batches.pop(longest))
+    return [b.astype(np.int64) for b in batches]
+
+
+def _rows_of(spans: GroupSpans, group_idx: np.ndarray) -> np.ndarray:
+    """Row indices of the given groups, in file order."""
+    if group_idx.size == 0:
+        return np.zeros(0, np.int64)
+    return np.concatenate([np.arange(spans.starts[g], spans.ends[g]) for g in group_idx])
+
+
+def shard_for_rank(batches: list[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
+    """Process `rank`'s micro-batches: every world_size-th, after dropping the tail that would
+    give some process one batch more (DDP needs the same number of steps on every process)."""
+    usable = (len(batches) // world_size) * world_size
+    return batches[rank:usable:world_size]
+
+
+def plan_eval(spans: GroupSpans, lengths: np.ndarray, eval_groups: np.ndarray, bs: int) -> list[np.ndarray]:
+    """Evaluation batches: the held-out rows sorted by length (least padding), `bs` rows each.
+
+    Metrics are computed on all scores at the end, so groups need not stay within a batch.
+    """
+    rows = _rows_of(spans, eval_groups)
+    rows = rows[np.argsort(lengths[rows], kind="stable")]
+    return [rows[i:i + bs] for i in range(0, rows.size, bs)]
+
+
+def collate(rows: PaddedRows, idx: np.ndarray, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded batch of the given rows.
+
+    width None trims to the longest real row in the batch: rows are right-padded and the model
+    is causal, so the scores at length-1 are exactly those of the full-width batch.
+    """
+    lens = rows.lengths[idx]
+    T = int(lens.max()) if width is None else int(width)
+    ids = np.full((idx.size, T), rows.pad_token_id, dtype=np.int64)  # [B, T]
+    for j, i in enumerate(idx):
+        ids[j, :lens[j]] = rows.row(int(i))
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "lengths": torch.from_numpy(lens.astype(np.int64)),
+        "labels": torch.from_numpy(rows.labels[idx].astype(np.int64)),
+        "groups": torch.from_numpy(rows.groups[idx].astype(np.int64)),
+    }
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole, already planned batches (DataLoader batch_size=None)."""
+
+    def __init__(self, rows: PaddedRows, batches: list[np.ndarray], width: int | None = None):
+        self.rows, self.batches, self.width = rows, batches, width
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return collate(self.rows, self.batches[i], self.width)

@@ -1,0 +1,206 @@
+"""RWKV-5 WKV kernels: a step-by-step reference, an exact chunked PyTorch version, an optional fused one.
+
+All kernels compute, per batch row and head (S is the [N_key, N_value] state, w = exp(log_w)):
+
+    out_t = r_t @ (diag(u) k_t^T v_t + S_t)
+    S_{t+1} = k_t^T v_t + diag(w) S_t
+
+Shapes (all kernels): r, k, v [B, T, H, N]; log_w, u [H, N]; state [B, H, N, N] float32.
+They return (out [B, T, H, N] float32, final state [B, H, N, N] float32). Inputs of any float dtype
+are computed in float32 (float64 stays float64), because the state accumulates over thousands of tokens.
+
+Decays are passed as log_w = -exp(time_decay) <= 0, never as w: official checkpoints have heads with
+w ~ 1e-9, whose powers underflow, so the chunked kernel only ever evaluates exp(log_w * d) for d >= 0.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+# Chunk length of the chunked kernel. Intra-chunk cost grows with it and the sequential inter-chunk
+# loop shrinks with it; 64 was fastest on CPU for T = 512 .. 8192 (bench/bench_rwkv5.py --kernel).
+DEFAULT_CHUNK_LEN = 64
+
+# fla's chunk kernels raise for T < H and gain nothing on short inputs.
+FUSED_MIN_T = 64
+
+IMPLS = ("auto", "chunked", "reference", "fused")
+
+
+def _prepare(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor | None):
+    if r.dim() != 4 or r.shape != k.shape or r.shape != v.shape:
+        raise ValueError(f"r, k, v must all be [B, T, H, N]; got {tuple(r.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, T, H, N = r.shape
+    if log_w.shape != (H, N) or u.shape != (H, N):
+        raise ValueError(f"log_w and u must be [H, N] = [{H}, {N}]; got {tuple(log_w.shape)}, {tuple(u.shape)}")
+    # float32 at least; float64 inputs stay float64 so tests can compare against an exact oracle.
+    dtype = torch.promote_types(r.dtype, torch.float32)
+    if state is None:
+        state = r.new_zeros((B, H, N, N), dtype=dtype)
+    elif state.shape != (B, H, N, N):
+        raise ValueError(f"state must be [B, H, N, N] = [{B}, {H}, {N}, {N}]; got {tuple(state.shape)}")
+    return tuple(x.to(dtype) for x in (r, k, v, log_w, u, state))
+
+
+def wkv5_reference(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
+                   state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The recurrence one token at a time: the readable definition the other kernels are tested against."""
+    r, k, v, log_w, u, S = _prepare(r, k, v, log_w, u, state)
+    w = torch.exp(log_w).unsqueeze(-1)  # [H, N, 1]: decays the key rows of S
+    uu = u.unsqueeze(-1)  # [H, N, 1]
+    outs = []
+    for t in range(r.shape[1]):
+        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, N, N]
+        outs.append((r[:, t, :, None, :] @ (uu * kv + S)).squeeze(-2))  # [B, H, N]
+        S = kv + w * S
+    out = torch.stack(outs, dim=1) if outs else r.new_zeros(r.shape)
+    return out, S
+
+
+def _powers(log_w: Tensor, exponents: Tensor) -> Tensor:
+    """w ** exponents per channel as exp(log_w * e), e >= 0: [H, N] x [L] -> [H, L, N]."""
+    return torch.exp(log_w.unsqueeze(1) * exponents.unsqueeze(-1))
+
+
+def _intra_chunk(rc: Tensor, kc: Tensor, vc: Tensor, log_w: Tensor, out: Tensor) -> None:
+    """Add sum_{s<t in the same chunk} (sum_i r_t[i] k_s[i] w_i^(t-1-s)) v_s to `out`, exactly.
+
+    rc, kc, vc, out: [B, H, C, L, N] with L a power of two. Recursive halving: in every block of
+    size 2h, the second half attends to the first half with the reference point at the boundary,
+    w^(t-1-s) = w^(t-mid) * w^(mid-1-s), so both factors have exponents in [0, h-1] and nothing is
+    ever divided by an underflowing decay power. Summed over log2(L) levels this is the same work
+    as one dense L x L product per chunk.
+    """
+    B, H, C, L, N = rc.shape
+    h = L // 2
+    while h >= 1:
+        nb = L // (2 * h)
+        pos = torch.arange(h, device=rc.device, dtype=rc.dtype)
+        wq = _powers(log_w, pos).view(1, H, 1, 1, h, N)  # w^(t - mid)
+        wk = _powers(log_w, h - 1 - pos).view(1, H, 1, 1, h, N)  # w^(mid - 1 - s)
+        r2 = rc.view(B, H, C, nb, 2, h, N)
+        k2 = kc.view(B, H, C, nb, 2, h, N)
+        v2 = vc.view(B, H, C, nb, 2, h, N)
+        q, kk, vv = r2[..., 1, :, :] * wq, k2[..., 0, :, :] * wk, v2[..., 0, :, :]
+        if h == 1:
+            # Batched 1x1 matmuls are mostly overhead on CPU; broadcasting is several times faster.
+            contrib = (q * kk).sum(-1, keepdim=True) * vv
+        else:
+            att = q @ kk.transpose(-1, -2)  # [B, H, C, nb, h, h]
+            contrib = att @ vv if h > 2 else (att.unsqueeze(-1) * vv.unsqueeze(-3)).sum(-2)
+        out.view(B, H, C, nb, 2, h, N)[..., 1, :, :] += contrib
+        h //= 2
+
+
+def wkv5_chunked(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
+                 state: Tensor | None = None, chunk_len: int = DEFAULT_CHUNK_LEN) -> tuple[Tensor, Tensor]:
+    """Chunked parallel form (plain PyTorch ops, so autograd, CPU and GPU): exact for any decay."""
+    if chunk_len < 1 or chunk_len & (chunk_len - 1):
+        raise ValueError(f"chunk_len must be a power of two, got {chunk_len}")
+    r, k, v, log_w, u, S = _prepare(r, k, v, log_w, u, state)
+    B, T, H, N = r.shape
+    if T == 0:
+        return r.new_zeros(r.shape), S
+    L = min(chunk_len, 1 << (T - 1).bit_length())  # short inputs get one small chunk
+    C = -(-T // L)
+    pad = C * L - T
+    last = L - pad  # valid length of the last chunk
+
+    def chunks(x: Tensor) -> Tensor:  # [B, T, H, N] -> [B, H, C, L, N], contiguous
+        # Contiguous once here, so that every half-block slice below collapses into a plain
+        # batched-matmul operand instead of being copied again at every level.
+        x = x.transpose(1, 2)
+        if pad:
+            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        return x.contiguous().view(B, H, C, L, N)
+
+    rc, kc, vc = chunks(r), chunks(k), chunks(v)
+
+    # Bonus for the current token, then everything earlier inside the chunk.
+    out = (rc * kc * u.view(1, H, 1, 1, N)).sum(-1, keepdim=True) * vc
+    _intra_chunk(rc, kc, vc, log_w, out)
+
+    # Each chunk's contribution to the state after it: sum_s w^(len-1-s) k_s^T v_s. The padded tail
+    # of the last chunk has k = 0; its exponents are clamped at 0 so they stay finite.
+    pos = torch.arange(L, device=r.device, dtype=r.dtype)
+    kv = (kc * _powers(log_w, L - 1 - pos).view(1, H, 1, L, N)).transpose(-1, -2) @ vc  # [B, H, C, N, N]
+    decay = torch.exp(log_w * L).view(1, H, N, 1)
+    if pad:
+        kv_last = (kc[:, :, -1] * _powers(log_w, (last - 1 - pos).clamp(min=0)).unsqueeze(0)).transpose(-1, -2) @ vc[:, :, -1]
+        kv = torch.cat([kv[:, :, :-1], kv_last.unsqueeze(2)], dim=2)
+    decay_last = torch.exp(log_w * last).view(1, H, N, 1)
+
+    # Sequential over chunks only (T / L small steps); the state entering each chunk is kept.
+    entering = []
+    for c in range(C):
+        entering.append(S)
+        S = torch.addcmul(kv[:, :, c], decay_last if c == C - 1 else decay, S)
+    entering = torch.stack(entering, dim=2)  # [B, H, C, N, N]
+    out = out + (rc * _powers(log_w, pos).view(1, H, 1, L, N)) @ entering
+
+    out = out.reshape(B, H, C * L, N)[:, :, :T].transpose(1, 2)
+    return out, S
+
+
+@lru_cache(maxsize=1)
+def _fla_chunk_rwkv6() -> tuple[Callable, bool] | None:
+    """flash-linear-attention's RWKV-6 chunk op, if installed (never imported on CPU-only paths)."""
+    if importlib.util.find_spec("fla") is None:
+        return None
+    try:
+        fn = importlib.import_module("fla.ops.rwkv6").chunk_rwkv6
+    except (ImportError, AttributeError):
+        return None
+    # Newer fla takes [B, T, H, K] with head_first=False; older releases only know [B, H, T, K].
+    return fn, "head_first" in inspect.signature(fn).parameters
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """True when the fused CUDA kernel can run on `device` (CUDA and flash-linear-attention installed)."""
+    return torch.device(device).type == "cuda" and _fla_chunk_rwkv6() is not None
+
+
+def wkv5_fused(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
+               state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """RWKV-5 through fla's RWKV-6 chunk op: RWKV-6 with its per-token decay held constant over time.
+
+    Everything is passed in float32: a bf16 log-decay would be off by ~0.4 % per step, which
+    compounds over thousands of tokens.
+    """
+    found = _fla_chunk_rwkv6()
+    if found is None:
+        raise RuntimeError("the fused WKV kernel needs flash-linear-attention: pip install flash-linear-attention "
+                           "(or use impl='chunked')")
+    fn, has_head_first = found
+    r, k, v, log_w, u, S = (x.float() for x in _prepare(r, k, v, log_w, u, state))
+    B, T, H, N = r.shape
+    g = log_w.view(1, 1, H, N).expand(B, T, H, N).contiguous()
+    if has_head_first:
+        out, S = fn(r.contiguous(), k.contiguous(), v.contiguous(), g, u.contiguous(), scale=1.0,
+                    initial_state=S.contiguous(), output_final_state=True, head_first=False)
+        return out.float(), S.float()
+    to_hf = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731  [B, T, H, N] -> [B, H, T, N]
+    out, S = fn(to_hf(r), to_hf(k), to_hf(v), to_hf(g), u.contiguous(), scale=1.0,
+                initial_state=S.contiguous(), output_final_state=True)
+    return out.transpose(1, 2).float(), S.float()
+
+
+def wkv5(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor | None = None,
+         impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """Dispatch: 'auto' takes the fused kernel on CUDA when installed and T is long enough, else chunked."""
+    if impl == "auto":
+        impl = "fused" if r.shape[1] >= FUSED_MIN_T and fused_available(r.device) else "chunked"
+    if impl == "chunked":
+        return wkv5_chunked(r, k, v, log_w, u, state)
+    if impl == "reference":
+        return wkv5_reference(r, k, v, log_w, u, state)
+    if impl == "fused":
+        return wkv5_fused(r, k, v, log_w, u, state)
+    raise ValueError(f"unknown WKV implementation {impl!r}; choose one of {IMPLS}")

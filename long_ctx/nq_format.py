@@ -1,0 +1,161 @@
+"""Parse one row of the NQ multi-document fine-tuning file (Together Long-Data-Collections).
+
+A row is a JSON object with `text` (= `prompt` + `completion`; rows with only `text`, or only
+`prompt` + `completion`, are accepted). The text is::
+
+    <instruction>\\n\\nDocument [1] <doc 1>\\nDocument [2] <doc 2>\\n...\\nDocument [N] <doc N>
+    \\n\\nQuestion: <q>\\nAnswer: <a>\\nLong Answer: <la>\\nGold Document ID: <g>
+
+Passages and the long answer may contain newlines and the words "Document [3]", "Question:" or
+"Answer:", so the parser never splits on those words alone:
+
+* The tail is located from the right: the last `\\nGold Document ID:`, then the last
+  `\\nLong Answer:` before it, the last `\\nAnswer:` before that and the last `\\nQuestion:` before
+  that. Question and answer are one-line fields, so a passage or a long answer that mentions the
+  markers cannot move them.
+* Documents are the region between `Document [1]` and the question marker. Document n ends only
+  where the line `Document [n+1]` starts; a line `Document [k]` with any other k is text of the
+  passage it is in. If such a line names a number beyond the last document found, the numbering
+  itself is broken (e.g. 1, 2, 4) and the row is skipped rather than silently merged.
+
+Every rejected row raises `SkipRecord` with a snake_case `reason` from `SKIP_REASONS`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+#: Every reason `parse_line`/`parse_text` can raise, and what it means.
+SKIP_REASONS: dict[str, str] = {
+    "empty_line": "the line is empty or only whitespace",
+    "invalid_json": "the line is not valid JSON",
+    "not_a_json_object": "the JSON value is not an object",
+    "missing_text": "no string `text`, and no string `prompt` + `completion` to rebuild it",
+    "no_documents": "no `Document [1]` at the start of a line",
+    "non_consecutive_document_numbers": "document numbers are not 1..N in order",
+    "missing_question_marker": "no `Question:` line after the documents",
+    "missing_answer_marker": "no `Answer:` line after the question",
+    "missing_long_answer_marker": "no `Long Answer:` line after the answer",
+    "missing_gold_marker": "no `Gold Document ID:` line at the end",
+    "gold_id_not_integer": "the gold document id is not a plain integer",
+    "gold_id_out_of_range": "the gold document id is not between 1 and the number of documents",
+}
+
+
+class SkipRecord(Exception):
+    """A row that cannot be used; `reason` is a short snake_case name (see `SKIP_REASONS`)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class NQRecord:
+    question: str
+    answer: str
+    long_answer: str
+    documents: list[str]
+    gold_id: int  # 1-based index into `documents`
+
+
+QUESTION_MARKER = "\nQuestion:"
+ANSWER_MARKER = "\nAnswer:"
+LONG_ANSWER_MARKER = "\nLong Answer:"
+GOLD_MARKER = "\nGold Document ID:"
+FIRST_DOCUMENT = "Document [1]"
+
+# A document marker at the start of a line: `Document [k]`. Only the closing bracket is
+# required after the digits, so `Document [1]` never matches the start of `Document [10]`.
+_LINE_MARKER = re.compile(r"\nDocument \[([0-9]+)\]")
+
+
+def parse_text(text: str) -> NQRecord:
+    """Parse the full row text into an `NQRecord`; raises `SkipRecord`."""
+    gold_at = text.rfind(GOLD_MARKER)
+    if gold_at < 0:
+        raise SkipRecord("missing_gold_marker")
+    long_at = text.rfind(LONG_ANSWER_MARKER, 0, gold_at)
+    if long_at < 0:
+        raise SkipRecord("missing_long_answer_marker")
+    answer_at = text.rfind(ANSWER_MARKER, 0, long_at)
+    if answer_at < 0:
+        raise SkipRecord("missing_answer_marker")
+    question_at = text.rfind(QUESTION_MARKER, 0, answer_at)
+    if question_at < 0:
+        raise SkipRecord("missing_question_marker")
+
+    gold_text = text[gold_at + len(GOLD_MARKER):].strip()
+    # isdecimal() alone accepts other scripts' digits; int() would then silently accept them.
+    if not (gold_text.isascii() and gold_text.isdecimal()):
+        raise SkipRecord("gold_id_not_integer", repr(gold_text[:40]))
+
+    documents = _split_documents(text, question_at)
+    gold_id = int(gold_text)
+    if not 1 <= gold_id <= len(documents):
+        raise SkipRecord("gold_id_out_of_range", f"{gold_id} of {len(documents)} documents")
+    return NQRecord(
+        question=text[question_at + len(QUESTION_MARKER):answer_at].strip(),
+        answer=text[answer_at + len(ANSWER_MARKER):long_at].strip(),
+        long_answer=text[long_at + len(LONG_ANSWER_MARKER):gold_at].strip(),
+        documents=documents,
+        gold_id=gold_id,
+    )
+
+
+def _split_documents(text: str, end: int) -> list[str]:
+    if text.startswith(FIRST_DOCUMENT):
+        first = 0
+    else:
+        first = text.find("\n" + FIRST_DOCUMENT, 0, end)
+        if first < 0:
+            raise SkipRecord("no_documents")
+        first += 1
+    # Boundaries: (start of marker, start of content) for documents 1..N.
+    bounds = [(first, first + len(FIRST_DOCUMENT))]
+    stray_max = 0  # highest number on a `Document [k]` line that was kept as passage text
+    for match in _LINE_MARKER.finditer(text, first, end):
+        number = int(match.group(1))
+        if number == len(bounds) + 1:
+            bounds.append((match.start(), match.end()))
+        else:
+            stray_max = max(stray_max, number)
+    if stray_max > len(bounds):
+        raise SkipRecord(
+            "non_consecutive_document_numbers",
+            f"found Document [{stray_max}] but documents stop at {len(bounds)}",
+        )
+    ends = [start for start, _ in bounds[1:]] + [end]
+    return [text[content:stop].strip() for (_, content), stop in zip(bounds, ends)]
+
+
+def parse_line(line: bytes | str) -> NQRecord:
+    """Parse one JSON line (`text`, or `prompt` + `completion`); raises `SkipRecord`."""
+    if not line.strip():
+        raise SkipRecord("empty_line")
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise SkipRecord("invalid_json", str(exc)[:80]) from None
+    if not isinstance(row, dict):
+        raise SkipRecord("not_a_json_object", type(row).__name__)
+    text = row.get("text")
+    if not isinstance(text, str):
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if not (isinstance(prompt, str) and isinstance(completion, str)):
+            raise SkipRecord("missing_text")
+        text = prompt + completion
+    return parse_text(text)
+
+
+def render_text(record: NQRecord, instruction: str = "") -> str:
+    """The row text for `record` in the file's format (the inverse of `parse_text`)."""
+    docs = "\n".join(f"Document [{i}] {doc}" for i, doc in enumerate(record.documents, 1))
+    head = f"{instruction}\n\n" if instruction else ""
+    return (
+        f"{head}{docs}\n\nQuestion: {record.question}\nAnswer: {record.answer}\n"
+        f"Long Answer: {record.long_answer}\nGold Document ID: {record.gold_id}"
+    )

@@ -1,0 +1,109 @@
+"""Shared fixtures for the trainer tests: tiny padded datasets and tiny RWKV-5 checkpoints.
+
+`write_padded_dataset` writes stage 2's output format directly (independently of
+long_ctx/stage2.py, so the trainer's loader is checked against the contract, not against the
+writer); `pipeline_padded_dataset` runs the real pipeline on the bundled NQ sample when it exists.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+SEP, CLS, PAD = 2, 1, 0
+# Tokens of the toy task: a positive document ends with POS_MARK, a negative with NEG_MARK.
+POS_MARK, NEG_MARK = 7, 8
+TOY_VOCAB = 64
+
+# (tokens without padding incl. SEP/CLS, label) per row; a group is a list of rows.
+Row = tuple[list[int], int]
+
+
+def make_row(question: Sequence[int], doc: Sequence[int]) -> list[int]:
+    return [*question, SEP, *doc, CLS]
+
+
+def toy_groups(n_groups: int, n_neg: int = 2, seed: int = 0, q_len: tuple[int, int] = (3, 8),
+               d_len: tuple[int, int] = (4, 20), vocab: int = TOY_VOCAB) -> list[list[Row]]:
+    """A learnable toy set: the positive's last document token is POS_MARK, negatives' NEG_MARK.
+
+    Other tokens are random ids >= 10 (never a special id or a marker).
+    """
+    rng = np.random.default_rng(seed)
+    groups = []
+    for _ in range(n_groups):
+        q = rng.integers(10, vocab, rng.integers(*q_len)).tolist()
+        rows = []
+        for label in [1] + [0] * n_neg:
+            d = rng.integers(10, vocab, rng.integers(*d_len)).tolist()
+            d.append(POS_MARK if label else NEG_MARK)
+            rows.append((make_row(q, d), label))
+        groups.append(rows)
+    return groups
+
+
+def write_padded_dataset(out_dir: str | Path, groups: list[list[Row]], max_length: int,
+                         n_shards: int = 2, is_truncate: bool = True) -> Path:
+    """Stage-2 layout: train-XXXXX-of-YYYYY.parquet shards + padding.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids, labels, lengths, gids = [], [], [], []
+    for g, rows in enumerate(groups):
+        for toks, label in rows:
+            assert len(toks) <= max_length
+            ids.append(toks + [PAD] * (max_length - len(toks)))
+            labels.append(label)
+            lengths.append(len(toks))
+            gids.append(g)
+    schema = pa.schema([pa.field("input_ids", pa.list_(pa.uint16())), pa.field("labels", pa.int8()),
+                        pa.field("length", pa.int32()), pa.field("group", pa.int64())])
+    # Cut shards at group boundaries, as the real writer does.
+    bounds = np.linspace(0, len(groups), n_shards + 1).astype(int)
+    row_of_group = np.searchsorted(np.asarray(gids), np.arange(len(groups) + 1))
+    for s in range(n_shards):
+        a, b = row_of_group[bounds[s]], row_of_group[bounds[s + 1]]
+        table = pa.table({"input_ids": ids[a:b], "labels": labels[a:b], "length": lengths[a:b],
+                          "group": gids[a:b]}, schema=schema)
+        pq.write_table(table, out / f"train-{s:05d}-of-{n_shards:05d}.parquet")
+    meta = {"max_length": max_length, "sep_token_id": SEP, "cls_token_id": CLS, "pad_token_id": PAD,
+            "is_truncate": is_truncate, "num_rows": len(ids), "num_groups": len(groups)}
+    (out / "padding.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    return out
+
+
+def toy_dataset(out_dir: str | Path, n_groups: int = 24, n_neg: int = 2, seed: int = 0,
+                max_length: int = 40) -> Path:
+    return write_padded_dataset(out_dir, toy_groups(n_groups, n_neg, seed), max_length)
+
+
+def tiny_model(path: str | Path, vocab_size: int = TOY_VOCAB, n_layer: int = 2, n_embd: int = 64,
+               head_size: int = 16, seed: int = 0) -> Path:
+    from cross_encoder.rwkv5 import write_random_checkpoint
+
+    write_random_checkpoint(str(path), n_layer=n_layer, n_embd=n_embd, head_size=head_size,
+                            vocab_size=vocab_size, seed=seed)
+    return Path(path)
+
+
+def pipeline_padded_dataset(work: str | Path, max_length: int = 160, limit: int | None = None) -> Path | None:
+    """Run the real pipeline (sample -> stage 0 -> 1 -> 2) via its CLIs; None if a piece is missing."""
+    sample = REPO / "data" / "nq_sample.jsonl.zst"
+    scripts = [REPO / "long_ctx" / f for f in ("0_create_q_p_n.py", "1_create_datasets.py",
+                                               "2_create_padded_data.py")]
+    if not sample.is_file() or not all(s.is_file() for s in scripts):
+        return None
+    work = Path(work)
+    qpn, ds, padded = work / "qpn.jsonl", work / "ds", work / "padded"
+    extra = ["--limit", str(limit)] if limit else []
+    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], check=True, capture_output=True)  # noqa: E731
+    run(scripts[0], "--input_file", sample, "--output_file", qpn, *extra)
+    run(scripts[1], "--input_file", qpn, "--output_dir", ds)
+    run(scripts[2], "--ds_dir", ds, "--max_length", max_length, "--output_dir", padded, "--is_truncate")
+    return padded
