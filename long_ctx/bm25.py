@@ -58,7 +58,7 @@ def get_tokenizer(name: str) -> Callable[[str], list[str]]:
 
 def index_documents(documents: Sequence[str], tokenizer: str = "words") -> TermIndex:
     """Term statistics of a corpus, reusable for several queries."""
-    return build_term_index(documents, get_tokenizer(tokenizer), fold_case=tokenizer == "words")
+    return build_term_index(documents, get_tokenizer(tokenizer), words=tokenizer == "words")
 
 
 @lru_cache(maxsize=1024)

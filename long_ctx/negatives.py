@@ -5,29 +5,80 @@ from typing import Sequence
 
 import numpy as np
 
+from long_ctx.codepoints import SPECIAL, JoinedDocs, lowercase_at
 from long_ctx.nq_format import SkipRecord
 
 STRATEGIES = ("least", "hardest", "random")
 
 
 def negative_candidates(
-    documents: Sequence[str], gold_index: int, answer: str, filter_answer_docs: bool = True
+    documents: Sequence[str],
+    gold_index: int,
+    answer: str,
+    filter_answer_docs: bool = True,
+    joined: JoinedDocs | None = None,
 ) -> np.ndarray:
     """0-based indices (ascending) of documents that may serve as negatives.
 
     The gold document never does; with `filter_answer_docs`, neither does any document that
-    contains the answer (case-insensitive via str.lower(), when the answer is non-empty), since
-    it likely answers the question too and would teach the model a false negative.
+    contains the answer case-insensitively (`answer.lower() in document.lower()`, when the
+    answer is non-empty), since it likely answers the question too and would teach the model a
+    false negative. `joined` may pass the record's precomputed JoinedDocs.
     """
+    keep = np.ones(len(documents), bool)
+    if 0 <= gold_index < len(documents):
+        keep[gold_index] = False
     needle = answer.lower() if filter_answer_docs else ""
-    return np.array(
-        [
-            i
-            for i, doc in enumerate(documents)
-            if i != gold_index and not (needle and needle in doc.lower())
-        ],
-        dtype=np.int64,
-    )
+    if needle:
+        keep &= ~documents_containing(documents, needle, joined)
+    return np.flatnonzero(keep)
+
+
+def documents_containing(
+    documents: Sequence[str], needle: str, joined: JoinedDocs | None = None
+) -> np.ndarray:
+    """[N] bool: `needle in document.lower()` for each document (`needle` already lowercased)."""
+    if "\n" not in needle:
+        found = _search_lowered(joined or JoinedDocs(documents), needle)
+        if found is not None:
+            return found
+    return np.array([needle in doc.lower() for doc in documents], dtype=bool)
+
+
+def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
+    # Lowercasing every passage with str.lower() is most of this filter's cost on non-ASCII
+    # text. Instead find where the needle's first character can start (ASCII by case-insensitive
+    # arithmetic, non-ASCII by asking Python per distinct character), then extend the survivors
+    # one character at a time with the exact per-character lowercase. Matches cannot span two
+    # documents: they are joined with "\n", which the needle lacks. Returns None when some
+    # character needs context to lowercase (`İ`, `Σ`); the caller then asks Python.
+    cp = joined.cp
+    pattern = [ord(c) for c in needle]
+    high = np.flatnonzero(cp >= 128)
+    if len(high):
+        high_low = lowercase_at(cp, high)
+        if (high_low == SPECIAL).any():
+            return None
+    n = len(cp) - len(pattern) + 1
+    if n <= 0:
+        return np.zeros(len(joined.doc_starts), bool)
+    p0 = pattern[0]
+    if p0 < 128:
+        # x | 0x20 == p0 | 0x20 holds for both cases of a letter (plus a few non-letters that
+        # the exact check below drops).
+        at = np.flatnonzero(cp[:n] | 0x20 == p0 | 0x20)
+        if len(high):
+            at = np.union1d(at, high[(high_low == p0) & (high < n)])
+        at = at[lowercase_at(cp, at) == p0]
+    else:
+        at = high[(high_low == p0) & (high < n)] if len(high) else high
+    for k in range(1, len(pattern)):
+        if not len(at):
+            break
+        at = at[lowercase_at(cp, at + k) == pattern[k]]
+    found = np.zeros(len(joined.doc_starts), bool)
+    found[joined.doc_of(at)] = True
+    return found
 
 
 def select_negatives(

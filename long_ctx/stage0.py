@@ -62,8 +62,9 @@ class Stage0Config:
             raise ValueError("--output_file must differ from --input_file")
 
 
-# (line_number, output line or None, skip reason or None, number of documents or 0)
-Result = tuple[int, "bytes | None", "str | None", int]
+# (line_number, output line or None, skip reason or None, documents in the record (0 if it did
+# not parse), negatives chosen)
+Result = tuple[int, "bytes | None", "str | None", int, int]
 
 
 def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
@@ -78,7 +79,7 @@ def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
         )
     except SkipRecord as skip:
         n_docs = len(rec.documents) if skip.reason == "no_negative_candidate" else 0
-        return line_number, None, skip.reason, n_docs
+        return line_number, None, skip.reason, n_docs, 0
     out = {
         "question": rec.question,
         "answer": rec.answer,
@@ -91,7 +92,8 @@ def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
         "num_documents": len(rec.documents),
         "line_number": line_number,
     }
-    return line_number, orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE), None, len(rec.documents)
+    line_out = orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+    return line_number, line_out, None, len(rec.documents), len(negs)
 
 
 _worker_cfg: Stage0Config | None = None
@@ -177,7 +179,8 @@ def main(cfg: Stage0Config) -> dict:
     )
     try:
         with atomic_file(cfg.output_file, "wb") as out:
-            for _n, line_out, reason, n_docs in _results(_limited(reader, cfg.limit), cfg, workers):
+            results = _results(_limited(reader, cfg.limit), cfg, workers)
+            for _n, line_out, reason, n_docs, n_negs in results:
                 lines_read += 1
                 if line_out is None:
                     skipped[reason] += 1
@@ -185,8 +188,7 @@ def main(cfg: Stage0Config) -> dict:
                     out.write(line_out)
                     written += 1
                     docs_per_record[n_docs] += 1
-                    if cfg.num_negatives > 1 and line_out.count(b'"negative_ids":[') and n_docs - 1 < cfg.num_negatives:
-                        short += 1
+                    short += n_negs < cfg.num_negatives
                 if bar.n != reader.input_bytes:
                     bar.update(reader.input_bytes - bar.n)
                     bar.set_postfix(records=written, refresh=False)
@@ -207,6 +209,8 @@ def main(cfg: Stage0Config) -> dict:
         "lines_read": lines_read,
         "records_written": written,
         "records_skipped": sum(skipped.values()),
+        # Written, but with fewer than --num_negatives negatives (not enough candidates).
+        "records_with_fewer_negatives": short,
         "skipped_by_reason": dict(sorted(skipped.items())),
         "documents_per_record": _doc_summary(docs_per_record),
         "elapsed_s": round(elapsed, 3),
@@ -230,6 +234,11 @@ def print_summary(stats: dict, file=sys.stdout) -> None:
     ]
     for reason, count in stats["skipped_by_reason"].items():
         lines.append(f"    {reason:34s} {count:,}")
+    if stats["records_with_fewer_negatives"]:
+        lines.append(
+            f"  records with fewer than {stats['config']['num_negatives']} negatives "
+            f"{stats['records_with_fewer_negatives']:,}"
+        )
     if docs.get("records"):
         lines.append(
             f"  documents/record min {docs['min']}  mean {docs['mean']}  p50 {docs['p50']:g}  "

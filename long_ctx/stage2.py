@@ -186,9 +186,9 @@ def pack_rows(
     kept_groups = np.unique(kept_record)
     batch = pa.RecordBatch.from_arrays(
         [
-            pa.ListArray.from_arrays(pa.array(np.arange(Rk + 1, dtype=np.int64) * L, pa.int32()), pa.array(flat)),
-            pa.array(is_pos[kept].astype(np.int8)),
-            pa.array(lengths.astype(np.int32)),
+            pa.ListArray.from_arrays(pa.array(np.arange(Rk + 1, dtype=np.int64) * L, pa.int32()), pa.array(flat, pa.uint16())),
+            pa.array(is_pos[kept].astype(np.int8), pa.int8()),
+            pa.array(lengths.astype(np.int32), pa.int32()),
             pa.array(kept_record + first_group, pa.int64()),
         ],
         schema=OUTPUT_SCHEMA,

@@ -66,6 +66,8 @@ def perturbed_checkpoint(path, n_layer=2, n_embd=64, head_size=16, vocab_size=30
 
 def pip_rwkv_class(monkeypatch):
     """rwkv.model.RWKV with its JIT and CUDA switched off; it reads these flags at import time."""
+    # Its loader calls gc.collect() per layer, seconds each inside a large pytest process.
+    monkeypatch.setattr("gc.collect", lambda *args: 0)
     monkeypatch.setenv("RWKV_JIT_ON", "0")
     monkeypatch.setenv("RWKV_CUDA_ON", "0")
     monkeypatch.delenv("RWKV_V7_ON", raising=False)

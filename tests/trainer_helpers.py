@@ -103,7 +103,8 @@ def pipeline_padded_dataset(work: str | Path, max_length: int = 160, limit: int 
     qpn, ds, padded = work / "qpn.jsonl", work / "ds", work / "padded"
     extra = ["--limit", str(limit)] if limit else []
     run = lambda *a: subprocess.run([sys.executable, *map(str, a)], check=True, capture_output=True)  # noqa: E731
-    run(scripts[0], "--input_file", sample, "--output_file", qpn, *extra)
-    run(scripts[1], "--input_file", qpn, "--output_dir", ds)
-    run(scripts[2], "--ds_dir", ds, "--max_length", max_length, "--output_dir", padded, "--is_truncate")
+    run(scripts[0], "--input_file", sample, "--output_file", qpn, "--num_splits", 1, "--no_progress", *extra)
+    run(scripts[1], "--input_file", qpn, "--output_dir", ds, "--num_proc", 1, "--no_progress")
+    run(scripts[2], "--ds_dir", ds, "--max_length", max_length, "--output_dir", padded, "--is_truncate",
+        "--no_progress")
     return padded

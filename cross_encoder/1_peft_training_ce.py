@@ -1,0 +1,14 @@
+"""Train a LoRA cross-encoder reranker on stage 2's padded rows (RWKV-5 trunk + score head).
+
+Single process:   python cross_encoder/1_peft_training_ce.py --model_file M.pth --ds_dir PADDED --output_dir OUT
+Several GPUs:     torchrun --nproc_per_node 4 cross_encoder/1_peft_training_ce.py ... (DDP)
+Resume:           add --lora_ckpt OUT (the newest checkpoint there is continued; a missing or
+                  empty folder starts fresh).
+
+Every flag and its help text is defined next to its field in cross_encoder/train_config.py.
+"""
+from cross_encoder.train_config import config_from_args
+from cross_encoder.trainer import main
+
+if __name__ == "__main__":
+    main(config_from_args(description=__doc__))
