@@ -12,7 +12,7 @@ trains a few steps per variant with the real trainer (`trainer.main`), all in th
 Prints a markdown table: steps/s, real and processed tokens, processed/real, and the speed-up
 over the untrimmed reference.
 
-    python bench/bench_trainer.py [--bs 8] [--steps 30] [--ref_steps 3] [--threads 2]
+    python bench/bench_trainer.py [--bs 8] [--steps 30] [--ref_steps 3] [--threads 1]
 """
 import argparse
 import shutil
@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="steps for the trimmed variants (default 30)")
     p.add_argument("--ref_steps", type=int, default=3, help="steps for the untrimmed reference (default 3)")
     p.add_argument("--groups", type=int, default=800, help="groups (2 rows each) per dataset (default 800)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on shared cores a second thread mostly adds contention)")
     p.add_argument("--n_layer", type=int, default=2, help="tiny model layers (default 2)")
     p.add_argument("--n_embd", type=int, default=64, help="tiny model width (default 64)")
     a = p.parse_args()

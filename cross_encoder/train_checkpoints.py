@@ -21,6 +21,9 @@ import torch
 from long_ctx.atomic import atomic_dir, write_json
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Leftovers of a process killed while writing/replacing/deleting a checkpoint (atomic_dir's temp
+# folder, a replaced copy, rotate_checkpoints' renamed folder).
+STALE_RE = re.compile(r"^\.(checkpoint-\d+|final)\..+")
 FINAL_NAME = "final"
 STATE_NAME = "training_state.pt"
 CE_CONFIG_NAME = "cross_encoder_config.json"
@@ -93,3 +96,14 @@ def rotate_checkpoints(folder: str | Path, keep: int) -> list[Path]:
         shutil.rmtree(doomed, ignore_errors=True)
         removed.append(p)
     return removed
+
+
+def remove_stale_dirs(folder: str | Path) -> int:
+    """Delete half-written checkpoint folders a killed run left behind; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if p.is_dir() and STALE_RE.match(p.name)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)

@@ -26,7 +26,7 @@ from cross_encoder.padded_data import (BatchDataset, PaddedRows, collate, group_
 from cross_encoder.rwkv5 import load_rwkv5
 from cross_encoder.scorer import CrossEncoder, attach_lora, make_lora_config
 from cross_encoder.train_checkpoints import (FINAL_NAME, list_checkpoints, load_training_state, newest_checkpoint,
-                                             rotate_checkpoints, save_checkpoint)
+                                             remove_stale_dirs, rotate_checkpoints, save_checkpoint)
 from cross_encoder.train_config import TrainConfig
 from cross_encoder.train_log import MetricsWriter, plot_loss, truncate_metrics
 from cross_encoder.train_runtime import Runtime, maybe_no_sync, setup_runtime, teardown_runtime
@@ -81,6 +81,9 @@ class _Trainer:
             raise ValueError(f"{c.ds_dir} has rows of up to {longest} real tokens but --ctx_len is {c.ctx_len}; "
                              f"pass --ctx_len {longest} or more, or rebuild the rows with "
                              f"long_ctx/2_create_padded_data.py --max_length {c.ctx_len} --is_truncate")
+        if not c.trim_batches and self.rows.max_length > c.ctx_len:
+            raise ValueError(f"--no-trim_batches feeds full {self.rows.max_length}-token rows but --ctx_len is "
+                             f"{c.ctx_len}; pass --ctx_len {self.rows.max_length} or keep trimming on")
         self.spans = group_spans(self.rows)
         self.train_groups, self.eval_groups = split_groups(self.spans.n_groups, c.eval_fraction, c.seed)
         self.whole_groups = NEEDS_WHOLE_GROUPS[c.loss]
@@ -104,8 +107,7 @@ class _Trainer:
     def find_resume(self) -> Path | None:
         c = self.c
         if c.lora_ckpt is None:
-            existing = list_checkpoints(self.out) or ([1] if (self.out / FINAL_NAME).is_dir() else [])
-            if existing:
+            if list_checkpoints(self.out) or (self.out / FINAL_NAME).is_dir():
                 raise FileExistsError(f"{self.out} already holds checkpoints of an earlier run; pass --lora_ckpt "
                                       f"{self.out} to continue it, or choose an empty --output_dir")
             return None
@@ -186,12 +188,11 @@ class _Trainer:
             if "cuda" in rng and self.rt.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"], self.rt.device)
         else:
+            # Positions are per-process batch indices, meaningless for another process count.
             self.log(f"note: checkpoint was written by {st['world_size']} processes, now {self.rt.world_size}: "
-                     "the batch order is re-planned and dropout re-seeded, so results will not match a "
-                     "run that kept its process count")
+                     f"epoch {self.epoch} restarts from its first batch and dropout is re-seeded, so results "
+                     "will differ from a run that kept its process count")
             torch.manual_seed(self.c.seed + 1 + self.rt.rank + 1000 * self.step)
-        if st["world_size"] != self.rt.world_size and self.pos:
-            # Positions are per-process batch indices; with another count, restart the epoch.
             self.pos = 0
 
     def ce_config(self) -> dict[str, Any]:
@@ -282,6 +283,8 @@ class _Trainer:
         start_step = self.step
         if rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if remove_stale_dirs(self.out):
+                self.log(f"removed half-written checkpoint folders left in {self.out} by a killed run")
             dropped = truncate_metrics(self.out / "metrics.jsonl", self.step) if resume is not None else 0
             if dropped:
                 self.log(f"dropped {dropped} metrics.jsonl rows after step {self.step} (that work is redone)")

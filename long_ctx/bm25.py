@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from long_ctx.codepoints import JoinedDocs
 from long_ctx.term_index import TermIndex, build_term_index
 
 K1 = 1.5
@@ -56,9 +57,12 @@ def get_tokenizer(name: str) -> Callable[[str], list[str]]:
         raise ValueError(f"unknown BM25 tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}") from None
 
 
-def index_documents(documents: Sequence[str], tokenizer: str = "words") -> TermIndex:
-    """Term statistics of a corpus, reusable for several queries."""
-    return build_term_index(documents, get_tokenizer(tokenizer), words=tokenizer == "words")
+def index_documents(
+    documents: Sequence[str], tokenizer: str = "words", joined: JoinedDocs | None = None
+) -> TermIndex:
+    """Term statistics of a corpus, reusable for several queries (`joined`: optional
+    precomputed JoinedDocs of `documents`)."""
+    return build_term_index(documents, get_tokenizer(tokenizer), tokenizer == "words", joined)
 
 
 @lru_cache(maxsize=1024)

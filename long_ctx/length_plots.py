@@ -17,14 +17,15 @@ def plot_length_histograms(
     bins: int = 60,
 ) -> None:
     """Overlaid histograms of several length series; a dashed line marks `max_length` if given."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: no display on servers
-    import matplotlib.pyplot as plt
+    # The object API with the Agg canvas: headless, and skips importing pyplot (~0.5 s).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     longest = max([c.counts.size - 1 for c in series.values()] + [max_length or 0, 1])
     edges = np.linspace(0, longest + 1, bins + 1)
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    fig = Figure(figsize=(9, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for name, counter in series.items():
         if counter.count == 0:
             continue
@@ -46,4 +47,3 @@ def plot_length_histograms(
     fig.tight_layout()
     with atomic_file(path, "wb") as fh:
         fig.savefig(fh, format="png")
-    plt.close(fig)

@@ -1,6 +1,7 @@
 """Pick negative documents for a record from its BM25 scores."""
 from __future__ import annotations
 
+import bisect
 from typing import Sequence
 
 import numpy as np
@@ -45,13 +46,25 @@ def documents_containing(
     return np.array([needle in doc.lower() for doc in documents], dtype=bool)
 
 
+#: The only non-ASCII characters whose str.lower() contains ASCII: İ -> "i̇" and the Kelvin
+#: sign K -> "k" (tests check this against every code point).
+TO_ASCII_LOWER = ("\u0130", "\u212a")
+
+
 def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
     # Lowercasing every passage with str.lower() is most of this filter's cost on non-ASCII
-    # text. Instead find where the needle's first character can start (ASCII by case-insensitive
+    # text, so search the joined documents instead (a match cannot span two of them: they are
+    # joined with "\n", which the needle lacks). Returns None when some character needs context
+    # to lowercase (`İ`, `Σ`); the caller then asks Python.
+    if needle.isascii() and "?" not in needle and not any(c in joined.text for c in TO_ASCII_LOWER):
+        # Only ASCII characters can take part in a match (no other character lowercases to
+        # ASCII), so replace every other one by "?", which the needle lacks, lowercase the
+        # ASCII and let bytes.find scan, jumping to the next document after each hit.
+        haystack = joined.text.encode("ascii", "replace").lower()
+        return _find_ascii(haystack, needle.encode("ascii"), joined.doc_starts)
+    # General case: find where the needle's first character can start (ASCII by case-insensitive
     # arithmetic, non-ASCII by asking Python per distinct character), then extend the survivors
-    # one character at a time with the exact per-character lowercase. Matches cannot span two
-    # documents: they are joined with "\n", which the needle lacks. Returns None when some
-    # character needs context to lowercase (`İ`, `Σ`); the caller then asks Python.
+    # one character at a time with the exact per-character lowercase.
     cp = joined.cp
     pattern = [ord(c) for c in needle]
     high = np.flatnonzero(cp >= 128)
@@ -67,8 +80,8 @@ def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
         # x | 0x20 == p0 | 0x20 holds for both cases of a letter (plus a few non-letters that
         # the exact check below drops).
         at = np.flatnonzero(cp[:n] | 0x20 == p0 | 0x20)
-        if len(high):
-            at = np.union1d(at, high[(high_low == p0) & (high < n)])
+        if len(high):  # disjoint from `at`: a byte >= 128 never equals p0 | 0x20 < 128
+            at = np.concatenate((at, high[(high_low == p0) & (high < n)]))
         at = at[lowercase_at(cp, at) == p0]
     else:
         at = high[(high_low == p0) & (high < n)] if len(high) else high
@@ -78,6 +91,19 @@ def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
         at = at[lowercase_at(cp, at + k) == pattern[k]]
     found = np.zeros(len(joined.doc_starts), bool)
     found[joined.doc_of(at)] = True
+    return found
+
+
+def _find_ascii(haystack: bytes, needle: bytes, doc_starts: np.ndarray) -> np.ndarray:
+    starts = doc_starts.tolist()
+    found = np.zeros(len(starts), bool)
+    at = haystack.find(needle)
+    while at >= 0:
+        doc = bisect.bisect_right(starts, at) - 1
+        found[doc] = True
+        if doc + 1 == len(starts):
+            break
+        at = haystack.find(needle, starts[doc + 1])
     return found
 
 

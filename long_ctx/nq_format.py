@@ -104,6 +104,15 @@ def parse_text(text: str) -> NQRecord:
     )
 
 
+_markers: list[str] = []  # _markers[k] = "\nDocument [k]", grown on demand
+
+
+def _marker(k: int) -> str:
+    while len(_markers) <= k:
+        _markers.append(f"{_LINE_MARKER}{len(_markers)}]")
+    return _markers[k]
+
+
 def _split_documents(text: str, end: int) -> list[str]:
     if text.startswith(FIRST_DOCUMENT):
         first = 0
@@ -112,29 +121,58 @@ def _split_documents(text: str, end: int) -> list[str]:
         if first < 0:
             raise SkipRecord("no_documents")
         first += 1
-    # Boundaries: (start of marker, start of content) for documents 1..N.
-    bounds = [(first, first + len(FIRST_DOCUMENT))]
-    stray_max = 0  # highest number on a `Document [k]` line that was kept as passage text
-    # str.find beats a regex scan here: it skips to each candidate line at memchr speed.
+    # Document n ends where the first line `Document [n+1]` after it starts. Fast path: split
+    # at every line `Document [`; if the pieces are numbered 2, 3, ... in order, there is no
+    # stray marker line and the pieces are the documents.
+    pieces = text[first + len(FIRST_DOCUMENT):end].split(_LINE_MARKER)
+    docs = [pieces[0].strip()]
+    for n, piece in enumerate(pieces[1:], 2):
+        prefix = _number_prefix(n)
+        if not piece.startswith(prefix):
+            return _split_documents_slow(text, first, end)
+        docs.append(piece[len(prefix):].strip())
+    return docs
+
+
+def _number_prefix(n: int) -> str:
+    while len(_prefixes) <= n:
+        _prefixes.append(f"{len(_prefixes)}]")
+    return _prefixes[n]
+
+
+_prefixes: list[str] = []  # _prefixes[n] = "n]"
+
+
+def _split_documents_slow(text: str, first: int, end: int) -> list[str]:
+    # Some line `Document [k]` is not the next document's marker: find each marker in turn.
+    content = [first + len(FIRST_DOCUMENT)]
+    stops: list[int] = []
+    while True:
+        marker = _marker(len(content) + 1)
+        at = text.find(marker, content[-1], end)
+        if at < 0:
+            break
+        stops.append(at)
+        content.append(at + len(marker))
+    stops.append(end)
+    _check_stray_markers(text, first, end, set(stops), len(content))
+    return [text[a:b].strip() for a, b in zip(content, stops)]
+
+
+def _check_stray_markers(text: str, first: int, end: int, used: set[int], n_docs: int) -> None:
+    # Lines `Document [k]` that did not delimit a document are passage text, unless k is beyond
+    # the last document: then the numbering itself is broken (e.g. 1, 2, 4).
     at = text.find(_LINE_MARKER, first, end)
     while at >= 0:
         digits_at = at + len(_LINE_MARKER)
         close = text.find("]", digits_at, min(digits_at + 12, end))
         digits = text[digits_at:close] if close > digits_at else ""
-        if digits.isascii() and digits.isdigit():
-            number = int(digits)
-            if number == len(bounds) + 1:
-                bounds.append((at + 1, close + 1))
-            else:
-                stray_max = max(stray_max, number)
+        if at not in used and digits.isascii() and digits.isdigit() and int(digits) > n_docs:
+            raise SkipRecord(
+                "non_consecutive_document_numbers",
+                f"found Document [{int(digits)}] but documents stop at {n_docs}",
+            )
         at = text.find(_LINE_MARKER, digits_at, end)
-    if stray_max > len(bounds):
-        raise SkipRecord(
-            "non_consecutive_document_numbers",
-            f"found Document [{stray_max}] but documents stop at {len(bounds)}",
-        )
-    ends = [start for start, _ in bounds[1:]] + [end]
-    return [text[content:stop].strip() for (_, content), stop in zip(bounds, ends)]
 
 
 def parse_line(line: bytes | str) -> NQRecord:

@@ -21,7 +21,8 @@ import orjson
 from tqdm import tqdm
 
 from long_ctx.atomic import atomic_file, write_json
-from long_ctx.bm25 import TOKENIZERS, bm25_scores
+from long_ctx.bm25 import TOKENIZERS, get_tokenizer, index_documents, scores_from_index
+from long_ctx.codepoints import JoinedDocs
 from long_ctx.negatives import STRATEGIES, negative_candidates, select_negatives
 from long_ctx.nq_format import SkipRecord, parse_line
 from long_ctx.nq_reader import InputFileError, LineReader
@@ -72,8 +73,12 @@ def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
     try:
         rec = parse_line(line)
         gold = rec.gold_id - 1
-        scores = bm25_scores(rec.documents, rec.question, cfg.bm25_tokenizer)
-        candidates = negative_candidates(rec.documents, gold, rec.answer, cfg.filter_answer_docs)
+        joined = JoinedDocs(rec.documents)  # shared by BM25 and the answer filter
+        index = index_documents(rec.documents, cfg.bm25_tokenizer, joined)
+        scores = scores_from_index(index, get_tokenizer(cfg.bm25_tokenizer)(rec.question))
+        candidates = negative_candidates(
+            rec.documents, gold, rec.answer, cfg.filter_answer_docs, joined
+        )
         negs = select_negatives(
             scores, candidates, cfg.negative_strategy, cfg.num_negatives, cfg.seed, line_number
         )

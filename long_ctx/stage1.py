@@ -197,7 +197,15 @@ def process_chunk(task: tuple[list[bytes], bool]) -> ChunkResult:
     return ChunkResult(encode_records(records, keep_text) if records else None, skipped)
 
 
-def _load_tokenizer() -> None:
+def _init_worker() -> None:
+    """Process set-up: one tokenizer thread per process, then load the vocab.
+
+    pyrwkv's `encode_batch` runs on a rayon pool with one thread per core. Parallelism here comes
+    from worker processes; measured on 2 busy cores, the extra rayon threads cost 35% more CPU
+    and 2.5x the wall time, so each process keeps a single thread (rayon reads this variable when
+    its pool is first used; it is not a user setting).
+    """
+    os.environ["RAYON_NUM_THREADS"] = "1"
     get_tokenizer()
 
 
@@ -303,7 +311,8 @@ def main(config: Stage1Config) -> dict:
     bar = tqdm(total=in_path.stat().st_size, unit="B", unit_scale=True, desc="stage 1",
                disable=not config.progress)
     with atomic_dir(out_dir) as tmp:
-        writer = ShardWriter(tmp, schema, config.rows_per_shard, config.row_group_rows)
+        # snappy + dictionary: within 20% of zstd's size, cheaper to write and 3x faster to read.
+        writer = ShardWriter(tmp, schema, config.rows_per_shard, config.row_group_rows, compression="snappy")
         chunks = iter_chunks(in_path, config.chunk_size, config.limit, bar)
         sizes: collections.deque = collections.deque()
 
@@ -313,7 +322,7 @@ def main(config: Stage1Config) -> dict:
                 yield chunk, config.keep_text
 
         try:
-            for result in ordered_imap(process_chunk, tasks(), config.num_proc, initializer=_load_tokenizer):
+            for result in ordered_imap(process_chunk, tasks(), config.num_proc, initializer=_init_worker):
                 n_lines = sizes.popleft()
                 summary.add(result, summary.lines, n_lines)
                 writer.write(result.batch)

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from long_ctx.codepoints import SPECIAL, char_facts, codepoints
+from long_ctx.codepoints import SPECIAL, JoinedDocs, char_facts, codepoints
 
 _BASE = 0x9E3779B97F4A7C15  # odd, hence invertible mod 2**64
 _LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -137,13 +137,12 @@ def _string_keys(tokens: Sequence[str], words: bool) -> tuple[np.ndarray, np.nda
 
 
 class FastTermIndex(TermIndex):
-    def __init__(self, documents: Sequence[str], words: bool) -> None:
+    def __init__(self, joined: JoinedDocs, words: bool) -> None:
         self._words = words
-        n_docs = len(documents)
-        text = "\n".join(documents)
+        text, cp = joined.text, joined.cp
+        n_docs = len(joined.doc_starts)
         if len(text) > MAX_FAST_CHARS:
             raise _UseExactPath
-        cp = codepoints(text)
 
         # Classify characters; `cand` = part of a token.
         if words:
@@ -179,9 +178,7 @@ class FastTermIndex(TermIndex):
 
         # Documents are consecutive spans of the text, so tokens per document come from where
         # each document starts among the (sorted) token starts.
-        lens = np.fromiter(map(len, documents), np.int64, n_docs) + 1
-        doc_starts = np.cumsum(lens) - lens
-        first_token = np.append(np.searchsorted(starts, doc_starts), n_tok)
+        first_token = np.append(np.searchsorted(starts, joined.doc_starts), n_tok)
         self.doc_len = np.diff(first_token)
         tok_doc = np.repeat(np.arange(n_docs), self.doc_len)
 
@@ -258,15 +255,19 @@ class FastTermIndex(TermIndex):
 
 
 def build_term_index(
-    documents: Sequence[str], tokenize: Callable[[str], list[str]], words: bool
+    documents: Sequence[str],
+    tokenize: Callable[[str], list[str]],
+    words: bool,
+    joined: JoinedDocs | None = None,
 ) -> TermIndex:
     """Term statistics of `documents`.
 
     `words` selects the fast path's character classes: True for the `words` tokenizer (`\\w+`
     matches, lowercased), False for `whitespace` (`str.split()`). `tokenize` must be that exact
-    tokenizer; it is used when the fast path cannot vouch for a record.
+    tokenizer; it is used when the fast path cannot vouch for a record. `joined` may pass the
+    record's precomputed JoinedDocs.
     """
     try:
-        return FastTermIndex(documents, words)
+        return FastTermIndex(joined or JoinedDocs(documents), words)
     except _UseExactPath:
         return ExactTermIndex(documents, tokenize)

@@ -1,0 +1,67 @@
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from long_ctx.negatives import documents_containing, negative_candidates, select_negatives
+from long_ctx.nq_format import SkipRecord
+
+from stage0_helpers import ref_negatives
+
+DOCS = ["Gold text", "about paris", "PARIS again", "nothing", "other", "Paris", "more"]
+
+
+@pytest.mark.parametrize("strategy", ["least", "hardest"])
+@pytest.mark.parametrize("k", [1, 2, 10])
+@pytest.mark.parametrize("filter_docs", [True, False])
+def test_least_and_hardest_match_brute_force_with_ties(strategy, k, filter_docs):
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        scores = rng.integers(0, 3, len(DOCS)).astype(float)  # many exact ties
+        gold = int(rng.integers(len(DOCS)))
+        cands = negative_candidates(DOCS, gold, "Paris", filter_docs)
+        got = select_negatives(scores, cands, strategy, k)
+        assert got == ref_negatives(scores, DOCS, gold, "Paris", strategy, k, filter_docs)
+
+
+def test_answer_filter_is_case_insensitive_and_skips_empty_answers():
+    assert negative_candidates(DOCS, 0, "paris").tolist() == [3, 4, 6]
+    assert negative_candidates(DOCS, 0, "").tolist() == [1, 2, 3, 4, 5, 6]
+    assert negative_candidates(DOCS, 0, "paris", filter_answer_docs=False).tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_random_is_seeded_by_seed_and_line_number():
+    scores = np.zeros(50)
+    cands = np.arange(1, 50)
+    a = select_negatives(scores, cands, "random", 5, seed=1, line_number=7)
+    assert a == select_negatives(scores, cands, "random", 5, seed=1, line_number=7)
+    assert len(set(a)) == 5 and set(a) <= set(cands.tolist())
+    draws = {tuple(select_negatives(scores, cands, "random", 5, seed=s, line_number=n))
+             for s in range(3) for n in range(3)}
+    assert len(draws) == 9
+    # Uniform over candidates: every candidate is drawn first about equally often.
+    firsts = [select_negatives(scores, cands, "random", 1, seed=0, line_number=n)[0] for n in range(4900)]
+    counts = np.bincount(firsts, minlength=50)[1:]
+    assert counts.min() > 50 and counts.max() < 150
+
+
+def test_no_candidate_is_a_named_skip():
+    with pytest.raises(SkipRecord) as err:
+        select_negatives(np.zeros(2), negative_candidates(["gold", "has PARIS"], 0, "paris"))
+    assert err.value.reason == "no_negative_candidate"
+
+
+_text = st.lists(st.sampled_from(list("abAB1 .\n") + ["é", "É", "İ", "Σ", "ς", "K", "ß", "😀", "i\u0307"]),
+                 max_size=12).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(docs=st.lists(_text, max_size=5), answer=_text)
+def test_documents_containing_equals_python(docs, answer):
+    needle = answer.lower()
+    if not needle:
+        return
+    expected = [needle in d.lower() for d in docs]
+    assert documents_containing(docs, needle).tolist() == expected
