@@ -13,6 +13,7 @@ Checks the reference's rows equal the first rows of stage 2, and prints a markdo
 """
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -118,7 +119,8 @@ def main() -> None:
         return child(args)
 
     ds = stage1_dir(args.records, args.negatives)
-    print(f"stage-1 input: {ds.name}, {args.records:,} records x {1 + args.negatives} rows\n")
+    print(f"stage-1 input: {ds.name}, {args.records:,} records x {1 + args.negatives} rows, "
+          f"CPU cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.1f}\n")
     print("| variant | L | rows | wall s | rows/s | × reference (rows/s) | CPU s | rows per CPU s | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     checks = []

@@ -94,18 +94,31 @@ def scores_from_index(index: TermIndex, query_tokens: Sequence[str]) -> np.ndarr
     length_norm = K1 * (1 - B + B * doc_len / avgdl)
 
     unique_terms = list(dict.fromkeys(query_tokens))
-    tfs = dict(zip(unique_terms, index.term_frequencies(unique_terms)))
-    for term in query_tokens:  # repeated query terms count every time
-        tf = tfs[term]
+    tfs = index.term_frequencies(unique_terms)
+    rows: dict[str, int] = {}  # query term -> row of `contrib`, for terms that add something
+    idfs, tf_rows = [], []
+    for term, tf in zip(unique_terms, tfs):
         if tf is None:
             continue  # absent from the corpus: idf 0
-        df = int(np.count_nonzero(tf))
-        idf = float(idf_table[df])
+        idf = float(idf_table[int(np.count_nonzero(tf))])
         if idf < 0:
             idf = floor
         if idf == 0:
             continue  # rank_bm25 multiplies by 0; skipping leaves every score unchanged
-        score += idf * (tf * (K1 + 1) / (tf + length_norm))
+        rows[term] = len(idfs)
+        idfs.append(idf)
+        tf_rows.append(tf)
+    order = [rows[t] for t in query_tokens if t in rows]  # repeated query terms count every time
+    if not order:
+        return score
+    tf = np.stack(tf_rows)  # [T, N] int64
+    # [T, N]: the same elementwise float64 operations as rank_bm25's per-term expression.
+    contrib = np.array(idfs)[:, None] * (tf * (K1 + 1) / (tf + length_norm))
+    # Added term by term in query order from zeros, as rank_bm25 does: cumsum along axis 0 is
+    # a plain running sum (no pairwise reordering), so the result has the same bits.
+    terms = contrib[order]
+    terms[0] += 0.0  # rank_bm25 starts from zeros: 0.0 + -0.0 is 0.0
+    score = np.cumsum(terms, axis=0)[-1]
     return score
 
 

@@ -90,9 +90,20 @@ class JoinedDocs:
     def __init__(self, documents: "list[str] | tuple[str, ...]") -> None:
         self.text = "\n".join(documents)
         self.cp = codepoints(self.text)
+        self._ascii_lower: bytes | None = None
         lens = np.fromiter(map(len, documents), np.int64, len(documents)) + 1
         self.doc_starts = np.cumsum(lens) - lens  # [N] offset of each document in `text`
 
     def doc_of(self, positions: np.ndarray) -> np.ndarray:
         """Index of the document holding each character position."""
         return np.searchsorted(self.doc_starts, positions, side="right") - 1
+
+    def ascii_lowercase_bytes(self) -> bytes:
+        """One byte per character: ASCII lowercased, every other character a byte >= 0x80 (so
+        it never equals an ASCII byte)."""
+        if self._ascii_lower is None:
+            cp = self.cp
+            if cp.dtype != np.uint8:
+                cp = np.minimum(cp, 0x80).astype(np.uint8)
+            self._ascii_lower = cp.tobytes().lower()  # bytes.lower() touches ASCII only
+        return self._ascii_lower

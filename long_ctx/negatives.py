@@ -56,11 +56,11 @@ def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
     # text, so search the joined documents instead (a match cannot span two of them: they are
     # joined with "\n", which the needle lacks). Returns None when some character needs context
     # to lowercase (`İ`, `Σ`); the caller then asks Python.
-    if needle.isascii() and "?" not in needle and not any(c in joined.text for c in TO_ASCII_LOWER):
+    if needle.isascii() and not any(c in joined.text for c in TO_ASCII_LOWER):
         # Only ASCII characters can take part in a match (no other character lowercases to
-        # ASCII), so replace every other one by "?", which the needle lacks, lowercase the
-        # ASCII and let bytes.find scan, jumping to the next document after each hit.
-        haystack = joined.text.encode("ascii", "replace").lower()
+        # ASCII): search the ASCII-lowercased bytes with bytes.find, jumping to the next
+        # document after each hit.
+        haystack = joined.ascii_lowercase_bytes()
         return _find_ascii(haystack, needle.encode("ascii"), joined.doc_starts)
     # General case: find where the needle's first character can start (ASCII by case-insensitive
     # arithmetic, non-ASCII by asking Python per distinct character), then extend the survivors

@@ -25,7 +25,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import orjson
+from typing import Any
+
+import msgspec
 
 #: Every reason `parse_line`/`parse_text` can raise, and what it means.
 SKIP_REASONS: dict[str, str] = {
@@ -125,19 +127,14 @@ def _split_documents(text: str, end: int) -> list[str]:
     # at every line `Document [`; if the pieces are numbered 2, 3, ... in order, there is no
     # stray marker line and the pieces are the documents.
     pieces = text[first + len(FIRST_DOCUMENT):end].split(_LINE_MARKER)
-    docs = [pieces[0].strip()]
-    for n, piece in enumerate(pieces[1:], 2):
-        prefix = _number_prefix(n)
-        if not piece.startswith(prefix):
-            return _split_documents_slow(text, first, end)
-        docs.append(piece[len(prefix):].strip())
-    return docs
-
-
-def _number_prefix(n: int) -> str:
-    while len(_prefixes) <= n:
+    while len(_prefixes) <= len(pieces):
         _prefixes.append(f"{len(_prefixes)}]")
-    return _prefixes[n]
+    prefixes = _prefixes[2:len(pieces) + 1]
+    if not all(map(str.startswith, pieces[1:], prefixes)):
+        return _split_documents_slow(text, first, end)
+    docs = [pieces[0].strip()]
+    docs += [piece[len(prefix):].strip() for piece, prefix in zip(pieces[1:], prefixes)]
+    return docs
 
 
 _prefixes: list[str] = []  # _prefixes[n] = "n]"
@@ -175,22 +172,44 @@ def _check_stray_markers(text: str, first: int, end: int, used: set[int], n_docs
         at = text.find(_LINE_MARKER, digits_at, end)
 
 
+class _TextRow(msgspec.Struct):
+    text: Any = None
+
+
+class _PromptRow(msgspec.Struct):
+    prompt: Any = None
+    completion: Any = None
+
+
+# Decoding only the fields we need: msgspec skips the others without building strings (a real
+# row carries its text twice, as `text` and as `prompt` + `completion`).
+_text_decoder = msgspec.json.Decoder(_TextRow)
+_prompt_decoder = msgspec.json.Decoder(_PromptRow)
+
+
+def _decode(decoder: msgspec.json.Decoder, line: bytes | str):
+    try:
+        return decoder.decode(line)
+    except msgspec.ValidationError:  # valid JSON, but not an object
+        raise SkipRecord("not_a_json_object") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise SkipRecord("invalid_json", str(exc)[:80]) from None
+
+
 def parse_line(line: bytes | str) -> NQRecord:
-    """Parse one JSON line (`text`, or `prompt` + `completion`); raises `SkipRecord`."""
+    """Parse one JSON line (`text`, or `prompt` + `completion`); raises `SkipRecord`.
+
+    Fields other than the ones used are skipped unread, so e.g. bad UTF-8 inside an unused
+    `prompt` does not reject a row whose `text` is fine.
+    """
     if not line.strip():
         raise SkipRecord("empty_line")
-    try:
-        row = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise SkipRecord("invalid_json", str(exc)[:80]) from None
-    if not isinstance(row, dict):
-        raise SkipRecord("not_a_json_object", type(row).__name__)
-    text = row.get("text")
+    text = _decode(_text_decoder, line).text
     if not isinstance(text, str):
-        prompt, completion = row.get("prompt"), row.get("completion")
-        if not (isinstance(prompt, str) and isinstance(completion, str)):
+        row = _decode(_prompt_decoder, line)
+        if not (isinstance(row.prompt, str) and isinstance(row.completion, str)):
             raise SkipRecord("missing_text")
-        text = prompt + completion
+        text = row.prompt + row.completion
     return parse_text(text)
 
 

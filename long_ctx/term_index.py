@@ -37,18 +37,18 @@ _LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 MAX_FAST_CHARS = 16 << 20
 
 _pow = np.ones(1, np.uint64)
-_pow_inv = np.ones(1, np.uint64)
+_pow_inv = np.full(1, _BASE, np.uint64)
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """BASE**j and BASE**-j mod 2**64 for j < n (cached, grown by doubling)."""
+    """BASE**j and BASE**(1-j) mod 2**64 for j < n (cached, grown by doubling)."""
     global _pow, _pow_inv
     if len(_pow) < n:
         size = max(n, 2 * len(_pow), 1 << 16)
         tables = []
-        for base in (_BASE, pow(_BASE, -1, 1 << 64)):
+        for base, first in ((_BASE, 1), (pow(_BASE, -1, 1 << 64), _BASE)):
             table = np.full(size, base, np.uint64)
-            table[0] = 1
+            table[0] = first
             tables.append(np.cumprod(table, dtype=np.uint64))  # wraps mod 2**64
         _pow, _pow_inv = tables
     return _pow[:n], _pow_inv[:n]
@@ -107,18 +107,17 @@ def _keys(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarra
     """[len(starts)] uint64 key of each span values[starts[i]:ends[i]], position-independent."""
     n = len(values)
     pw, pw_inv = _powers(n + 1)
-    prefix = np.empty(n + 1, np.uint64)  # prefix[i] = sum_{j<i} values[j] * BASE**j
+    # prefix[i] = sum_{j<i} values[j] * BASE**j mod 2**64, summed as int64: same bits as uint64
+    # (two's complement wraps alike) but numpy's int64 cumsum is about twice as fast.
+    prefix = np.empty(n + 1, np.int64)
     prefix[0] = 0
-    np.cumsum(values * pw[:n], out=prefix[1:])
+    np.multiply(values, pw[:n].view(np.int64), out=prefix[1:])
+    np.cumsum(prefix[1:], out=prefix[1:])
+    prefix = prefix.view(np.uint64)
+    # Shift every span to start at BASE**1, not BASE**0: a first character multiplied by 1
+    # would only reach the low bits, while tokens are grouped by the high bits.
     keys = (prefix[ends] - prefix[starts]) * pw_inv[starts]
     keys += (ends - starts).astype(np.uint64) * _LEN_MIX
-    # The first character enters with weight BASE**0 = 1, i.e. only into the low bits, while
-    # grouping uses the high bits: finish with splitmix64's bijective mixer.
-    keys ^= keys >> np.uint64(30)
-    keys *= np.uint64(0xBF58476D1CE4E5B9)
-    keys ^= keys >> np.uint64(27)
-    keys *= np.uint64(0x94D049BB133111EB)
-    keys ^= keys >> np.uint64(31)
     return keys
 
 
@@ -161,9 +160,11 @@ class FastTermIndex(TermIndex):
             is_word, is_space, lowered = char_facts(cp[high])
             if words:
                 cand[high] = is_word
-                values = values.astype(np.uint32)
-                values[high] = np.maximum(lowered, 0)
-                special_pos = high[lowered == SPECIAL]
+                special_pos = high[lowered == SPECIAL]  # their tokens get keys below
+                lowered = np.maximum(lowered, 0)
+                if lowered.max() > np.iinfo(values.dtype).max:
+                    values = values.astype(np.uint32)
+                values[high] = lowered
             else:
                 cand[high] = ~is_space
 
@@ -207,13 +208,11 @@ class FastTermIndex(TermIndex):
         np.not_equal(top[1:], top[:-1], out=new[1:])
         # Inside a group every full key and length must agree, else two terms share the
         # grouping bits.
-        same = ~new[1:]
         keys_sorted = keys[perm]
         len_sorted = tok_len[perm]
-        if not (
-            np.array_equal(keys_sorted[1:][same], keys_sorted[:-1][same])
-            and np.array_equal(len_sorted[1:][same], len_sorted[:-1][same])
-        ):
+        differ = keys_sorted[1:] != keys_sorted[:-1]
+        differ |= len_sorted[1:] != len_sorted[:-1]
+        if (differ > new[1:]).any():  # differs from its predecessor inside one group
             raise _UseExactPath
         gstart = np.flatnonzero(new)
         first = perm[gstart]  # token index of each term's first occurrence

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from long_ctx.length_stats import LengthCounter
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 3000), max_size=40), min_size=1, max_size=5))
 def test_summary_equals_numpy_on_the_raw_values(parts):
     counter, other = LengthCounter(), LengthCounter()

@@ -21,7 +21,7 @@ def test_encode_batch_matches_trie_and_keeps_order():
     assert tok.encode_batch([]) == []
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.text(max_size=60), max_size=6))
 def test_encode_batch_matches_trie_on_random_text(texts):
     trie = trie_tokenizer()

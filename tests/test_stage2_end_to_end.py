@@ -34,7 +34,7 @@ def test_sample_through_stages_0_1_2(tmp_path):
     records = [orjson.loads(line) for line in qpn.read_bytes().splitlines()]
     assert len(records) >= 150
 
-    _run("1_create_datasets.py", "--input_file", str(qpn), "--output_dir", str(tmp_path / "ds"), "--num_proc", "2",
+    _run("1_create_datasets.py", "--input_file", str(qpn), "--output_dir", str(tmp_path / "ds"), "--num_proc", "1",
          "--no_progress", cwd=tmp_path)
     ds1 = load_dataset(str(tmp_path / "ds"), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds1.num_rows == len(records)

@@ -12,7 +12,7 @@ SEP, CLS, PAD = 2, 1, 0
 text_ids = st.lists(st.integers(3, 65535), max_size=40)  # never a special id
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(q=text_ids, d=text_ids, L=st.integers(3, 60), truncate=st.booleans())
 def test_build_row_invariants(q, d, L, truncate):
     row, length, truncated = build_row(q, d, L, SEP, CLS, PAD, truncate)
@@ -60,7 +60,7 @@ record = st.tuples(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(records=st.lists(record, min_size=1, max_size=8), L=st.integers(3, 30), truncate=st.booleans(),
        cut=st.integers(0, 3), first_group=st.integers(0, 10**6))
 def test_pack_rows_matches_oracle_and_counts(records, L, truncate, cut, first_group):

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from cross_encoder.train_config import TrainConfig
 from cross_encoder.trainer import main
-from trainer_helpers import REPO, tiny_model, toy_dataset
+from trainer_helpers import REPO, one_thread, tiny_model, toy_dataset  # noqa: F401 (one_thread: autouse fixture)
+
 
 
 def test_torchrun_two_process_gloo_matches_single_process(tmp_path):
@@ -37,7 +38,6 @@ def test_torchrun_two_process_gloo_matches_single_process(tmp_path):
     assert rows[-1]["eval_rows"] == 18  # both processes' shares of the 6 held-out groups were gathered
     assert (out / "checkpoint-2").is_dir() and (out / "final").is_dir()
 
-    torch.set_num_threads(1)
     single = tmp_path / "single"
     main(TrainConfig(model_file=str(model_file), ds_dir=str(ds), output_dir=str(single), ctx_len=64, bs=6,
                      lr=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0, eval_fraction=0.25, eval_every=2,

@@ -8,16 +8,8 @@ from cross_encoder.padded_data import collate, load_padded_dataset
 from cross_encoder.rwkv5 import expand_state, load_rwkv5
 from cross_encoder.scorer import CrossEncoder, attach_lora, load_cross_encoder, make_lora_config
 from cross_encoder.train_checkpoints import save_checkpoint
-from trainer_helpers import SEP, tiny_model, toy_dataset
+from trainer_helpers import SEP, one_thread, tiny_model, toy_dataset  # noqa: F401 (one_thread: autouse fixture)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors on shared cores: a second OpenMP thread only adds contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,10 @@ from cross_encoder.losses import LOSSES
 from cross_encoder.scorer import load_cross_encoder
 from cross_encoder.train_config import TrainConfig
 from cross_encoder.trainer import lr_lambda, main
-from trainer_helpers import REPO, tiny_model, toy_dataset
+from trainer_helpers import REPO, one_thread, tiny_model, toy_dataset  # noqa: F401 (one_thread: autouse fixture)
 
 SCRIPT = REPO / "cross_encoder" / "1_peft_training_ce.py"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

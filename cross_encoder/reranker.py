@@ -1,0 +1,199 @@
+"""Rerank documents for a query with a trained cross-encoder (base RWKV-5 + LoRA adapter).
+
+    from cross_encoder.reranker import Reranker
+    rr = Reranker.from_pretrained("base.pth", "OUT/final")      # loads base + adapter once
+    scores = rr.score("who built the tower", ["doc a", "doc b"])  # list[float], input order
+    best = rr.rank("who built the tower", ["doc a", "doc b"])    # [(index, score), ...] best first
+
+Every (query, document) pair is scored in exactly the training row format
+`question + [SEP] + document + [CLS]` (`long_ctx.stage2.build_row`, special ids and max_length
+from the adapter's `cross_encoder_config.json`, too-long documents cut at the tail), with the score
+read at the CLS.
+
+Speed: RWKV is recurrent and every row of a query starts with the same `question + [SEP]`, so
+that prefix runs once and each document continues from a copy of its state (`expand_state`),
+batched with documents of similar length. This gives the same scores as scoring every full row
+on its own (`score_ids_per_pair`, kept for tests and benchmarks) up to float rounding.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from cross_encoder.rwkv5 import expand_state
+from long_ctx.stage2 import build_row
+
+DEFAULT_BATCH_SIZE = 32
+# Upper bound on documents x padded suffix length per forward pass; keeps activation memory flat
+# for long documents (the FFN alone holds batch x tokens x 3.5 n_embd floats).
+DEFAULT_MAX_BATCH_TOKENS = 32_768
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; a clear error when CUDA is asked for but absent."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is visible; pass --device cpu")
+    return device
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are slow there), bf16 on GPU (what the model was trained in)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """--precision auto|fp32|bf16 -> a torch dtype (auto: fp32 on CPU, bf16 on CUDA)."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        return default_dtype(resolve_device(device))
+    raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+
+
+class Reranker:
+    """Scores documents against a query with a cross-encoder; see the module docstring."""
+
+    def __init__(self, model: torch.nn.Module, ce_config: dict, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_length: int | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 tokenizer=None) -> None:
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
+        self.model = model.eval()
+        self.ce_config = ce_config
+        try:
+            self.sep = int(ce_config["sep_token_id"])
+            self.cls = int(ce_config["cls_token_id"])
+            self.pad = int(ce_config["pad_token_id"])
+        except KeyError as exc:
+            raise ValueError(f"cross_encoder_config.json lacks {exc}; was the adapter written by "
+                             "cross_encoder/1_peft_training_ce.py?") from None
+        self.max_length = int(max_length or ce_config["max_length"])
+        if self.max_length < 3:
+            raise ValueError(f"max_length must be >= 3 (question, SEP, CLS), got {self.max_length}")
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.device = next(model.parameters()).device
+        if tokenizer is None:
+            from long_ctx.world_tokenizer import get_tokenizer
+
+            tokenizer = get_tokenizer()
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, model_file: str | Path, adapter_dir: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                        max_length: int | None = None,
+                        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> "Reranker":
+        """Load the base checkpoint and the adapter (a checkpoint folder, or a training output
+        folder: its final/ or newest checkpoint) once, LoRA merged into the weights.
+
+        dtype None: fp32 on CPU, bf16 on CUDA. max_length None: the training rows' length.
+        """
+        from cross_encoder.scorer import load_cross_encoder  # imports peft: only when loading
+
+        dev = resolve_device(device)
+        model, ce_config = load_cross_encoder(model_file, adapter_dir, device=dev, dtype=dtype or default_dtype(dev))
+        return cls(model, ce_config, batch_size=batch_size, max_length=max_length,
+                   max_batch_tokens=max_batch_tokens)
+
+    # ------------------------------------------------------------------ text API
+    def encode(self, query: str, documents: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """RWKV World token ids of the query and of every document."""
+        return self.tokenizer.encode(query), self.tokenizer.encode_batch(list(documents))
+
+    def score(self, query: str, documents: Sequence[str]) -> list[float]:
+        """One relevance score per document, in input order (higher = more relevant)."""
+        q, docs = self.encode(query, documents)
+        return self.score_ids(q, docs).tolist()
+
+    def rank(self, query: str, documents: Sequence[str]) -> list[tuple[int, float]]:
+        """(document index, score) pairs, best first; ties go to the lower index."""
+        scores = self.score(query, documents)
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+        return [(int(i), scores[i]) for i in order]
+
+    # ------------------------------------------------------------------ rows
+    def row(self, question_ids: Sequence[int], doc_ids: Sequence[int]) -> list[int]:
+        """The training row of one pair without its padding (`build_row(...)[:length]`)."""
+        # A max_length of exactly the needed length gives the untruncated row with no padding;
+        # past max_length build_row truncates and then fills the row completely. Either way
+        # this is the training row up to its length, without building padding to throw away.
+        needed = len(question_ids) + len(doc_ids) + 2
+        row, length, _ = build_row(question_ids, doc_ids, min(needed, self.max_length), self.sep, self.cls,
+                                   self.pad, truncate=True)
+        return row[:length]
+
+    def prefix_length(self, question_ids: Sequence[int]) -> int:
+        """Tokens shared by every row of this question: the kept question plus SEP."""
+        return min(len(question_ids), self.max_length - 2) + 1
+
+    # ------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def score_ids(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """float64 [n_docs] scores with prefix-state reuse (see module docstring)."""
+        n = len(documents_ids)
+        if n == 0:
+            return np.zeros(0)
+        p = self.prefix_length(question_ids)
+        rows = [self.row(question_ids, d) for d in documents_ids]
+        prefix = rows[0][:p]
+        suffixes = [r[p:] for r in rows]  # document (maybe cut) + CLS; never empty
+        prefix_ids = torch.tensor([prefix], dtype=torch.long, device=self.device)  # [1, p]
+        _, state = self.model.rwkv.hidden(prefix_ids, return_state=True)
+        out = np.empty(n)
+        for batch in self._batches([len(s) for s in suffixes]):
+            ids, lengths = self._pad([suffixes[i] for i in batch])  # [B, T], [B]
+            h = self.model.rwkv.hidden(ids, state=expand_state(state, len(batch)))  # [B, T, C]
+            out[batch] = self._head(h, lengths)
+        return out
+
+    @torch.inference_mode()
+    def score_ids_per_pair(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]],
+                           batch_size: int = 1) -> np.ndarray:
+        """float64 [n_docs] scores, each pair's full padded training row scored on its own
+        (`batch_size` rows at a time, in input order): the straightforward reference."""
+        out = np.empty(len(documents_ids))
+        for a in range(0, len(documents_ids), batch_size):
+            built = [build_row(question_ids, d, self.max_length, self.sep, self.cls, self.pad, truncate=True)
+                     for d in documents_ids[a:a + batch_size]]
+            ids = torch.tensor([r for r, _, _ in built], dtype=torch.long)  # [B, max_length]
+            lengths = torch.tensor([n for _, n, _ in built], dtype=torch.long)  # [B]
+            out[a:a + len(built)] = self.model.score_rows(ids.to(self.device), lengths).double().cpu().numpy()
+        return out
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Document indices grouped longest first, at most batch_size documents and
+        max_batch_tokens padded tokens per batch (a single longer document still gets a batch)."""
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            # Sorted longest first, so the batch's padded width is its first document's length.
+            if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * lengths[cur[0]] > self.max_batch_tokens):
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        for j, s in enumerate(seqs):
+            ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        return ids.to(self.device), lengths.to(self.device)
+
+    def _head(self, h: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        # h [B, T, C]; the CLS is each sequence's last real token (padding after it is never read:
+        # the model is causal).
+        return self.model.score_hidden(self.model.pool(h, lengths)).double().cpu().numpy()
