@@ -13,8 +13,24 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import ctypes
 import multiprocessing as mp
 import time
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _init_child(threads: int) -> None:
+    """Per case process: fixed thread count; large blocks mmap'd so that freed memory leaves RSS,
+    which makes peak RSS minus baseline the memory a step really needed."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 16)
+    except OSError:
+        pass
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _reset_peak() -> bool:
@@ -35,10 +51,10 @@ def _status_kib(field: str) -> int:
 
 
 def _timed(step, reps: int) -> tuple[float, float]:
-    """(median seconds per call, peak RSS increase in MiB) after one warm-up call."""
-    step()
+    """(median seconds per call after one warm-up call, peak RSS increase over all calls in MiB)."""
     has_peak = _reset_peak()
     base = _status_kib("VmRSS")
+    step()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -90,22 +106,23 @@ def model_case(name: str, impl: str, n_layer: int, n_embd: int, B: int, T: int, 
     return {"sec": sec, "peak": peak, "tok_s": B * T / sec}
 
 
-def run_isolated(fn, *args) -> dict:
+def run_isolated(threads: int, fn, *args) -> dict:
     ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_child,
+                                initargs=(threads,)) as pool:
         return pool.submit(fn, *args).result()
 
 
 def main(args: argparse.Namespace) -> None:
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads\n")
     print("WKV kernel, B=1 H=16 N=64 (seconds per call, median; ratio = reference / chunked)\n")
     print("| T | pass | reference s | chunked s (L=32) | chunked s (L=64) | chunked s (L=128) | speed-up (L=64) |")
     print("|---|---|---|---|---|---|---|")
-    for T, backward in ((512, True), (2048, True), (8192, False)):
-        ref = run_isolated(kernel_case, "reference", T, backward, 0, args.reps)
-        ch = {L: run_isolated(kernel_case, "chunked", T, backward, L, args.reps) for L in (32, 64, 128)}
+    for T, backward in ((256, True), (1024, True), (8192, False)):
+        ref = run_isolated(args.threads, kernel_case, "reference", T, backward, 0, args.reps)
+        ch = {L: run_isolated(args.threads, kernel_case, "chunked", T, backward, L, args.reps) for L in (32, 64, 128)}
         print(f"| {T} | {'fwd+bwd' if backward else 'fwd'} | {ref['sec']:.3f} | {ch[32]['sec']:.3f} | "
               f"{ch[64]['sec']:.3f} | {ch[128]['sec']:.3f} | {ref['sec'] / ch[64]['sec']:.1f}x |", flush=True)
 
@@ -116,7 +133,7 @@ def main(args: argparse.Namespace) -> None:
     if not args.skip_04b:
         configs.append(("0.4B-shaped 24 x 1024", 24, 1024, 1, 128))
     for name, n_layer, n_embd, B, T in configs:
-        res = {impl: run_isolated(model_case, name, impl, n_layer, n_embd, B, T, args.reps)
+        res = {impl: run_isolated(args.threads, model_case, name, impl, n_layer, n_embd, B, T, args.reps)
                for impl in ("reference", "chunked")}
         for impl in ("reference", "chunked"):
             r = res[impl]
@@ -128,6 +145,8 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per case after one warm-up (median)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per case (0 = torch's default); 1 gives stable numbers on a busy machine")
     parser.add_argument("--skip-0.4b", dest="skip_04b", action="store_true",
                         help="leave out the 0.4B-shaped model (it needs ~4 GiB RAM and about a minute)")
     main(parser.parse_args())

@@ -19,8 +19,8 @@ def _fmt(x: Any, width: int = 13) -> str:
     return f"{x:>{width}.4f}" if isinstance(x, float) else f"{x:>{width}}"
 
 
-def format_table(res: dict[str, Any]) -> str:
-    """The metrics table (overall, by gold position third, by pool size) as printable text."""
+def format_table(res: dict[str, Any], breakdowns: bool = True) -> str:
+    """The metrics table (overall, then by gold position third and by pool size) as printable text."""
     ce, bm = res["cross_encoder"], res["bm25"]
     head = f"{'':24s}{LABELS['cross_encoder']:>13s}{LABELS['bm25']:>13s}{'CE - BM25':>13s}"
     lines = [f"evaluation on {res['num_questions']:,} questions "
@@ -28,8 +28,9 @@ def format_table(res: dict[str, Any]) -> str:
              head, "-" * len(head)]
     for m in METRIC_NAMES:
         lines.append(f"{m:24s}{_fmt(ce[m])}{_fmt(bm[m])}{_fmt(ce[m] - bm[m])}")
-    for title, key, order in (("MRR@10 by gold position", "by_gold_position", THIRDS),
-                              ("MRR@10 by pool size", "by_pool_size", list(ce["by_pool_size"]))):
+    parts = (("MRR@10 by gold position", "by_gold_position", THIRDS),
+             ("MRR@10 by pool size", "by_pool_size", list(ce["by_pool_size"])))
+    for title, key, order in parts if breakdowns else ():
         lines += ["", f"{title:24s}{LABELS['cross_encoder']:>13s}{LABELS['bm25']:>13s}{'questions':>13s}"]
         for label in order:
             c, b = ce[key][label], bm[key][label]

@@ -47,6 +47,9 @@ def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Ca
 
 
 def _check_config(c: TrainConfig) -> None:
+    for name in ("model_file", "ds_dir", "output_dir"):
+        if not getattr(c, name):
+            raise ValueError(f"--{name} is required")
     for name in ("bs", "grad_accum", "ctx_len", "lora_r", "log_every"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name} must be at least 1")
@@ -382,7 +385,7 @@ class _Trainer:
             "trainable_params": self.n_trainable}}
 
     def finish(self, start_step: int) -> dict[str, Any]:
-        c, rt = self.c, self.rt
+        rt = self.rt
         final_eval = {}
         if self.eval_groups.size and self.last_eval_step != self.step:
             # Only when no step ran (a finished run resumed again); otherwise the last step evaluated.

@@ -1,0 +1,206 @@
+"""The one-command demo: the whole product on the bundled sample, on CPU, in minutes.
+
+    python demo.py [--out demo_out] [--quick] [--seed 0]
+
+1. split `data/nq_sample.jsonl.zst` by line into a training part and a held-out part (seeded);
+2. stage 0 -> 1 -> 2 on the training part;
+3. write a tiny *random* RWKV-5 checkpoint (real weights cannot be downloaded here);
+4. train a LoRA cross-encoder on it for a few minutes;
+5. evaluate it against BM25 on the held-out records.
+
+Every step runs the real command-line script in a subprocess and prints the command first, so
+what the user sees is exactly what they would type for a real run. A random tiny model trained
+for minutes is a smoke run of the machinery, not a reranker: expect BM25 to win.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from long_ctx.atomic import atomic_file, write_json
+from long_ctx.nq_reader import iter_lines
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "nq_sample.jsonl.zst"
+SEP, CLS, PAD = 2, 1, 0
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    held_out_fraction: float  # of the sample's lines
+    train_lines: int | None  # cap on training lines (None: all of the training part)
+    held_out_lines: int | None
+    num_negatives: int
+    n_layer: int
+    n_embd: int
+    head_size: int
+    max_steps: int
+    bs: int
+    lora_r: int
+    eval_every: int
+    max_docs: int | None  # evaluation pools cut to this many documents
+
+
+SIZES = {
+    # ~6-8 minutes on 2 idle CPU cores, most of it training.
+    "full": DemoSize(held_out_fraction=0.2, train_lines=None, held_out_lines=None, num_negatives=3, n_layer=2,
+                     n_embd=128, head_size=32, max_steps=150, bs=8, lora_r=16, eval_every=50, max_docs=None),
+    # CI: every step runs, on a handful of records, in well under a minute.
+    "quick": DemoSize(held_out_fraction=0.2, train_lines=16, held_out_lines=4, num_negatives=1, n_layer=1,
+                      n_embd=32, head_size=16, max_steps=3, bs=4, lora_r=4, eval_every=0, max_docs=None),
+}
+
+
+@dataclass
+class DemoConfig:
+    out: str = "demo_out"
+    quick: bool = False
+    seed: int = 0
+    sample: str = str(SAMPLE)
+    python: str = sys.executable
+
+    @property
+    def size(self) -> DemoSize:
+        return SIZES["quick" if self.quick else "full"]
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def split_sample(sample: str | Path, train_path: Path, held_out_path: Path, size: DemoSize,
+                 seed: int) -> tuple[int, int]:
+    """Split the sample's lines into training and held-out files (seeded, input order kept)."""
+    lines = [line for _, line in iter_lines(sample)]
+    if len(lines) < 2:
+        raise DemoError(f"{sample} has {len(lines)} line(s); the demo needs at least 2")
+    n_held = min(len(lines) - 1, max(1, round(len(lines) * size.held_out_fraction)))
+    held = set(np.random.default_rng(seed).permutation(len(lines))[:n_held].tolist())
+    train = [ln for i, ln in enumerate(lines) if i not in held][:size.train_lines]
+    held_out = [ln for i, ln in enumerate(lines) if i in held][:size.held_out_lines]
+    for path, part in ((train_path, train), (held_out_path, held_out)):
+        with atomic_file(path, "wb") as fh:
+            fh.write(b"".join(ln + b"\n" for ln in part))
+    return len(train), len(held_out)
+
+
+def choose_max_length(stage1_dir: Path, multiple: int = 32) -> int:
+    """Smallest multiple of `multiple` holding the longest question + longest document + SEP + CLS
+    of the training data, so no training row is cut (stage 1's stats.json has the lengths)."""
+    lengths = orjson.loads((stage1_dir / "stats.json").read_bytes())["token_lengths"]
+    longest_doc = max(lengths[k]["max"] for k in ("positive", "negative", "negatives") if k in lengths)
+    need = lengths["question"]["max"] + longest_doc + 2
+    return int(math.ceil(need / multiple) * multiple)
+
+
+def _show(path: Path) -> str:
+    """A path as the command line shows it: relative to the repo root (where commands run) when inside."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path.resolve())
+
+
+class _Runner:
+    def __init__(self, config: DemoConfig) -> None:
+        self.config = config
+        self.steps: list[dict[str, Any]] = []
+
+    def run(self, title: str, args: list[Any]) -> None:
+        cmd = [self.config.python, *map(str, args)]
+        shown = "python " + " ".join(shlex.quote(str(a)) for a in args)
+        print(f"\n=== {len(self.steps) + 1}. {title}\n$ {shown}", flush=True)
+        start = time.perf_counter()
+        # cwd = repo root: the scripts' relative paths are the ones printed above.
+        proc = subprocess.run(cmd, cwd=REPO)
+        seconds = time.perf_counter() - start
+        self.steps.append({"step": title, "command": shown, "seconds": round(seconds, 2)})
+        if proc.returncode != 0:
+            raise DemoError(f"step '{title}' failed with exit code {proc.returncode}; its output is above. "
+                            f"Re-run it alone with:\n  cd {REPO} && {shown}")
+
+
+def main(config: DemoConfig) -> dict[str, Any]:
+    """Run the demo; returns (and writes to OUT/demo_summary.json) the steps, metrics and plot paths."""
+    start = time.perf_counter()
+    size = config.size
+    out = Path(config.out).resolve()
+    if not Path(config.sample).is_file():
+        raise DemoError(f"sample {config.sample} not found; run the demo from a full clone of the repository")
+    data, model_file = out / "data", out / "model" / "tiny-rwkv5-random.pth"
+    qpn, stage1, stage2, train = out / "stage0" / "qpn.jsonl", out / "stage1", out / "stage2", out / "train"
+    results, plot = out / "eval" / "results.json", out / "eval" / "results.png"
+    runner = _Runner(config)
+    mode = "quick (CI size)" if config.quick else "full"
+    print(f"demo ({mode}, seed {config.seed}) -> {out}\n"
+          "NOTE: the model is a tiny RANDOM RWKV-5 trained for minutes on CPU: a smoke run of the whole "
+          "pipeline, not a useful reranker.", flush=True)
+
+    n_train, n_held = split_sample(config.sample, data / "train.jsonl", data / "held_out.jsonl", size, config.seed)
+    print(f"\n=== 0. split {_show(Path(config.sample))} by line (seed {config.seed}): "
+          f"{n_train} training lines -> {_show(data / 'train.jsonl')}, "
+          f"{n_held} held-out lines -> {_show(data / 'held_out.jsonl')}", flush=True)
+
+    runner.run("stage 0: BM25 query / positive / negatives", [
+        "long_ctx/0_create_q_p_n.py", "--input_file", _show(data / "train.jsonl"), "--output_file", _show(qpn),
+        "--num_splits", 2, "--num_negatives", size.num_negatives])
+    runner.run("stage 1: RWKV World token ids (parquet dataset)", [
+        "long_ctx/1_create_datasets.py", "--input_file", _show(qpn), "--output_dir", _show(stage1),
+        "--num_proc", 2])
+    max_length = choose_max_length(stage1)
+    print(f"\nmax_length {max_length}: the longest question + document of the training data fits, "
+          "so no row is truncated", flush=True)
+    runner.run("stage 2: padded rows question [SEP] document [CLS]", [
+        "long_ctx/2_create_padded_data.py", "--ds_dir", _show(stage1), "--max_length", max_length,
+        "--sep_token_id", SEP, "--cls_token_id", CLS, "--pad_token_id", PAD, "--output_dir", _show(stage2)])
+    runner.run("a tiny random RWKV-5 checkpoint (stands in for RWKV-5-World-0.4B)", [
+        "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
+              f"write_random_checkpoint({_show(model_file)!r}, n_layer={size.n_layer}, n_embd={size.n_embd}, "
+              f"head_size={size.head_size}, seed={config.seed})"])
+    runner.run("LoRA training on CPU", [
+        "cross_encoder/1_peft_training_ce.py", "--model_file", _show(model_file), "--ds_dir", _show(stage2),
+        "--output_dir", _show(train), "--ctx_len", max_length, "--bs", size.bs, "--max_steps", size.max_steps,
+        "--lr", "3e-3", "--warmup_steps", max(1, size.max_steps // 10), "--lora_r", size.lora_r,
+        "--lora_alpha", 2 * size.lora_r, "--lora_dropout", 0.0, "--loss", "grouped", "--group_by_length",
+        "--eval_fraction", 0.1, "--eval_every", size.eval_every, "--save_every", 0, "--log_every", 5,
+        "--device", "cpu", "--seed", config.seed])
+    eval_args = ["cross_encoder/2_evaluate_ce.py", "--model_file", _show(model_file),
+                 "--adapter", _show(train / "final"), "--input_file", _show(data / "held_out.jsonl"),
+                 "--output_json", _show(results), "--output_plot", _show(plot), "--device", "cpu"]
+    if size.max_docs:
+        eval_args += ["--max_docs", size.max_docs]
+    runner.run("evaluation on the held-out records, cross-encoder vs BM25", eval_args)
+
+    from cross_encoder.eval_report import format_table
+
+    res = orjson.loads(results.read_bytes())
+    plots = {"stage 1 token lengths": stage1 / "token_lengths.png", "stage 2 row lengths": stage2 / "row_lengths.png",
+             "training loss": train / "loss.png", "evaluation (cross-encoder vs BM25)": plot}
+    summary = {
+        "mode": mode, "seed": config.seed, "out": str(out), "max_length": max_length,
+        "train_lines": n_train, "held_out_lines": n_held, "steps": runner.steps,
+        "metrics": {s: {k: v for k, v in res[s].items() if not isinstance(v, dict)} for s in ("cross_encoder", "bm25")},
+        "results_json": str(results), "plots": {k: str(v) for k, v in plots.items()},
+        "elapsed_s": round(time.perf_counter() - start, 1), "config": dataclasses.asdict(config),
+    }
+    write_json(out / "demo_summary.json", summary)
+    print("\n" + "=" * 72 + "\n" + format_table(res, breakdowns=False))
+    print("\nplots:")
+    for name, p in plots.items():
+        print(f"  {name:36s} {p}{'' if p.is_file() else '  (missing)'}")
+    print(f"summary: {out / 'demo_summary.json'}  ({summary['elapsed_s']:.0f} s in all)")
+    print("\nThis was a SMOKE RUN: a tiny random RWKV-5 trained for a few minutes on CPU cannot rank well, so "
+          "BM25 winning is expected.\nFor a real reranker, see the README: the full NQ file, RWKV-5 World 0.4B, "
+          "a GPU and torchrun.")
+    return summary
