@@ -25,7 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+import rank_bm25
 import zstandard
+
+from long_ctx.nq_format import SkipRecord, parse_text
 
 OUT = Path(__file__).resolve().parent / "out"
 _WORD = re.compile(r"\w+")  # same definition as stage 0's `words`: match, then lowercase
@@ -47,10 +50,6 @@ def make_input(records: int, seed: int) -> Path:
 
 def reference_record(line: bytes):
     """The straightforward version: json, rank_bm25, Python lists. Returns the 1-based negative."""
-    import rank_bm25
-
-    from long_ctx.nq_format import SkipRecord, parse_text
-
     def tokenize(text):
         return [m.lower() for m in _WORD.findall(text)]
 
@@ -80,9 +79,6 @@ def cpu_seconds() -> float:
 
 
 def child(args) -> None:
-    import numpy  # noqa: F401  (imports are not part of the measurement)
-    import rank_bm25  # noqa: F401
-
     from long_ctx.stage0 import Stage0Config, main
 
     start, cpu0 = time.perf_counter(), cpu_seconds()
@@ -105,7 +101,7 @@ def interleaved(inp: Path, n_records: int, rounds: int = 5, chunk: int = 10) -> 
     from long_ctx.nq_reader import iter_lines
     from long_ctx.stage0 import Stage0Config, process_line
 
-    lines = [line for _, line in zip(range(n_records), iter_lines(inp))]
+    lines = [line for _, (_, line) in zip(range(n_records), iter_lines(inp))]
     cfg = Stage0Config(str(inp), "unused", progress=False)
     chunks = [list(enumerate(lines))[i:i + chunk] for i in range(0, len(lines), chunk)]
     best_ref = [float("inf")] * len(chunks)

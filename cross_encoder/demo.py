@@ -55,7 +55,7 @@ class DemoSize:
 SIZES = {
     # ~6-8 minutes on 2 idle CPU cores, most of it training.
     "full": DemoSize(held_out_fraction=0.2, train_lines=None, held_out_lines=None, num_negatives=3, n_layer=2,
-                     n_embd=128, head_size=32, max_steps=150, bs=8, lora_r=16, eval_every=50, max_docs=None),
+                     n_embd=128, head_size=32, max_steps=200, bs=8, lora_r=16, eval_every=50, max_docs=None),
     # CI: every step runs, on a handful of records, in well under a minute.
     "quick": DemoSize(held_out_fraction=0.2, train_lines=16, held_out_lines=4, num_negatives=1, n_layer=1,
                       n_embd=32, head_size=16, max_steps=3, bs=4, lora_r=4, eval_every=0, max_docs=None),

@@ -126,7 +126,8 @@ class Reranker:
         # A max_length of exactly the needed length gives the untruncated row with no padding;
         # past max_length build_row truncates and then fills the row completely. Either way
         # this is the training row up to its length, without building padding to throw away.
-        needed = len(question_ids) + len(doc_ids) + 2
+        # (build_row wants max_length >= 3; an empty question and document need only 2.)
+        needed = max(3, len(question_ids) + len(doc_ids) + 2)
         row, length, _ = build_row(question_ids, doc_ids, min(needed, self.max_length), self.sep, self.cls,
                                    self.pad, truncate=True)
         return row[:length]

@@ -100,7 +100,7 @@ def scores_from_index(index: TermIndex, query_tokens: Sequence[str]) -> np.ndarr
     for term, tf in zip(unique_terms, tfs):
         if tf is None:
             continue  # absent from the corpus: idf 0
-        idf = float(idf_table[int(np.count_nonzero(tf))])
+        idf = float(idf_table[np.count_nonzero(tf)])
         if idf < 0:
             idf = floor
         if idf == 0:

@@ -22,9 +22,7 @@ Every rejected row raises `SkipRecord` with a snake_case `reason` from `SKIP_REA
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-
 from typing import Any
 
 import msgspec

@@ -20,11 +20,15 @@ def ordered_imap(
     num_proc: int,
     max_in_flight: int | None = None,
     initializer: Callable[[], None] | None = None,
+    preload: list[str] | None = None,
 ) -> Iterator[R]:
     """Yield fn(item) for every item, in order, using `num_proc` processes (1: in this process).
 
-    `fn` and `initializer` must be importable module-level functions: workers are spawned, not
-    forked, because forking a process whose Arrow/Rust thread pools are already running can hang.
+    `fn` and `initializer` must be importable module-level functions. Workers are never forked
+    from this process (its Arrow/Rust thread pools may be running, and a forked copy can hang):
+    they are forked from a fresh fork server that first imports the `preload` modules, so
+    expensive set-up done there is paid once and shared. Call this under
+    `if __name__ == "__main__":` in scripts, as multiprocessing requires.
     """
     if num_proc < 1:
         raise ValueError(f"num_proc must be >= 1, got {num_proc}")
@@ -35,7 +39,15 @@ def ordered_imap(
             yield fn(item)
         return
     max_in_flight = max_in_flight or 2 * num_proc + 2
-    with mp.get_context("spawn").Pool(num_proc, initializer=initializer) as pool:
+    if "forkserver" not in mp.get_all_start_methods():  # Windows
+        ctx = mp.get_context("spawn")
+    else:
+        ctx = mp.get_context("forkserver")
+    if preload and ctx.get_start_method() == "forkserver":
+        # Only takes effect if this process has not started its fork server yet; workers then
+        # still work, the initializer just repeats the set-up in each of them.
+        ctx.set_forkserver_preload(preload)
+    with ctx.Pool(num_proc, initializer=initializer) as pool:
         pending: collections.deque = collections.deque()
         for item in items:
             pending.append(pool.apply_async(fn, (item,)))

@@ -27,10 +27,13 @@ from long_ctx.negatives import STRATEGIES, negative_candidates, select_negatives
 from long_ctx.nq_format import SkipRecord, parse_line
 from long_ctx.nq_reader import InputFileError, LineReader
 
-# Lines per task sent to a worker: big enough to amortise pickling/IPC, small enough that a
-# few tasks in flight per worker keep memory low (a real row is ~100-300 KB).
+# A task sent to a worker is up to BATCH_LINES lines or BATCH_BYTES of input: big enough to
+# amortise IPC, small enough to balance. At most TASKS_IN_FLIGHT_PER_WORKER tasks per worker
+# and IN_FLIGHT_BYTES of input are queued at once, so memory stays flat on any input size.
 BATCH_LINES = 16
-TASKS_IN_FLIGHT_PER_WORKER = 4
+BATCH_BYTES = 4 << 20
+TASKS_IN_FLIGHT_PER_WORKER = 3
+IN_FLIGHT_BYTES = 96 << 20
 
 
 @dataclass
@@ -113,15 +116,18 @@ def _process_batch(batch: list[tuple[int, bytes]]) -> list[Result]:
     return [process_line(n, line, _worker_cfg) for n, line in batch]
 
 
-def _batches(lines: Iterable[tuple[int, bytes]]) -> Iterator[list[tuple[int, bytes]]]:
+def _batches(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
+    """(batch, its size in bytes)."""
     batch: list[tuple[int, bytes]] = []
+    size = 0
     for item in lines:
         batch.append(item)
-        if len(batch) == BATCH_LINES:
-            yield batch
-            batch = []
+        size += len(item[1])
+        if len(batch) == BATCH_LINES or size >= BATCH_BYTES:
+            yield batch, size
+            batch, size = [], 0
     if batch:
-        yield batch
+        yield batch, size
 
 
 def _results(lines: Iterable[tuple[int, bytes]], cfg: Stage0Config, workers: int) -> Iterator[Result]:
@@ -132,13 +138,19 @@ def _results(lines: Iterable[tuple[int, bytes]], cfg: Stage0Config, workers: int
     # Pool.imap would read the whole input ahead of the workers; a bounded window of
     # apply_async tasks keeps memory flat and yields results in submission (= input) order.
     with multiprocessing.get_context().Pool(workers, _init_worker, (cfg,)) as pool:
-        window: collections.deque = collections.deque()
-        for batch in _batches(lines):
-            window.append(pool.apply_async(_process_batch, (batch,)))
-            if len(window) >= workers * TASKS_IN_FLIGHT_PER_WORKER:
-                yield from window.popleft().get()
+        window: collections.deque = collections.deque()  # (async result, input bytes)
+        in_flight = 0
+        for batch, size in _batches(lines):
+            window.append((pool.apply_async(_process_batch, (batch,)), size))
+            in_flight += size
+            while window and (
+                len(window) >= workers * TASKS_IN_FLIGHT_PER_WORKER or in_flight > IN_FLIGHT_BYTES
+            ):
+                done, done_size = window.popleft()
+                in_flight -= done_size
+                yield from done.get()
         while window:
-            yield from window.popleft().get()
+            yield from window.popleft()[0].get()
 
 
 def _limited(reader: LineReader, limit: int | None) -> Iterator[tuple[int, bytes]]:
@@ -196,7 +208,8 @@ def main(cfg: Stage0Config) -> dict:
                     short += n_negs < cfg.num_negatives
                 if bar.n != reader.input_bytes:
                     bar.update(reader.input_bytes - bar.n)
-                    bar.set_postfix(records=written, refresh=False)
+                    rate = lines_read / max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix_str(f"{written:,} records, {rate:,.0f} records/s", refresh=False)
     except InputFileError as exc:
         bar.close()
         raise InputFileError(
@@ -232,7 +245,7 @@ def print_summary(stats: dict, file=sys.stdout) -> None:
     docs = stats["documents_per_record"]
     lines = [
         f"stage 0 done in {stats['elapsed_s']:.1f} s with {stats['workers']} worker(s): "
-        f"{stats['records_per_s']} records/s, {stats['input_mb_per_s']} MB/s of input",
+        f"{stats['records_per_s']} records/s, {stats['input_mb_per_s']} MB/s of input file",
         f"  lines read       {stats['lines_read']:,}",
         f"  records written  {stats['records_written']:,}  -> {stats['output_file']}",
         f"  records skipped  {stats['records_skipped']:,}",

@@ -323,7 +323,8 @@ def main(config: Stage1Config) -> dict:
                 yield chunk, config.keep_text
 
         try:
-            for result in ordered_imap(process_chunk, tasks(), config.num_proc, initializer=_init_worker):
+            for result in ordered_imap(process_chunk, tasks(), config.num_proc, initializer=_init_worker,
+                                       preload=["long_ctx.stage1_preload"]):
                 n_lines = sizes.popleft()
                 summary.add(result, summary.lines, n_lines)
                 writer.write(result.batch)

@@ -15,11 +15,12 @@ straightforward version slow, so the fast path never creates a Python object per
 * For `words`, tokens are lowercased per character. The few characters whose lowercase is not a
   single character or depends on context (`İ` -> `i̇`, final `Σ`) make their token be lowercased
   by `str.lower()` itself.
-* Each token becomes a 64-bit key: a polynomial hash of its (lowercased) code points plus its
-  length, finished by a bijective mixer. Tokens are grouped by sorting keys; a group whose
-  members disagree on the full key or the length reveals a collision of the grouping bits, and
-  the record is then recomputed by the exact pure-Python path. An undetected collision needs two
-  distinct same-length tokens with equal 64-bit keys in one record (about 1e-12 per record).
+* Each token becomes a 64-bit key: a polynomial hash of its (lowercased) code points plus a
+  multiple of its length. Tokens are grouped by sorting keys with the token index packed into
+  the low bits; a group whose members disagree on the full key reveals a collision of the
+  grouping bits, and the record is then recomputed by the exact pure-Python path. An undetected
+  collision needs two distinct tokens with equal 64-bit keys in one record (about 1e-12 per
+  record for natural text).
 """
 from __future__ import annotations
 
@@ -28,13 +29,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from long_ctx.codepoints import SPECIAL, JoinedDocs, char_facts, codepoints
+from long_ctx.codepoints import SPECIAL, JoinedDocs, char_facts
 
 _BASE = 0x9E3779B97F4A7C15  # odd, hence invertible mod 2**64
 _LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 # Records longer than this (characters) use the exact path instead of growing the power tables
 # (16 bytes per character) without bound.
-MAX_FAST_CHARS = 16 << 20
+MAX_FAST_CHARS = 4 << 20
 
 _pow = np.ones(1, np.uint64)
 _pow_inv = np.full(1, _BASE, np.uint64)
@@ -121,18 +122,25 @@ def _keys(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarra
     return keys
 
 
-def _fold_ascii(cp: np.ndarray) -> np.ndarray:
-    # ASCII x | 0x20 lowercases letters and keeps digits; it maps '_' to DEL, which no word
-    # token contains, so it stays injective on word characters.
-    return np.where(cp < 128, cp | 0x20, cp)
+_MASK64 = (1 << 64) - 1
+_LEN_MIX_INT = int(_LEN_MIX)
 
 
-def _string_keys(tokens: Sequence[str], words: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Keys and lengths of tokens as the tokenizer returns them (already lowercased for words)."""
-    lens = np.fromiter(map(len, tokens), np.int64, len(tokens))
-    cp = codepoints("".join(tokens)).astype(np.uint32)
-    ends = np.cumsum(lens)
-    return _keys(_fold_ascii(cp) if words else cp, ends - lens, ends), lens
+def _string_keys(tokens: Sequence[str], words: bool) -> np.ndarray:
+    """Keys of tokens as the tokenizer returns them (already lowercased for words): the same
+    values `_keys` gives their characters, in plain Python (faster for the handful of query
+    terms than numpy's per-call overhead)."""
+    out = []
+    for token in tokens:
+        h, p = 0, _BASE  # a span starts at BASE**1, see _keys
+        for ch in token:
+            c = ord(ch)
+            if words and c < 128:
+                c |= 0x20  # same ASCII fold as the fast path's `values`
+            h = (h + c * p) & _MASK64
+            p = (p * _BASE) & _MASK64
+        out.append((h + len(token) * _LEN_MIX_INT) & _MASK64)
+    return np.array(out, dtype=np.uint64)
 
 
 class FastTermIndex(TermIndex):
@@ -145,17 +153,19 @@ class FastTermIndex(TermIndex):
 
         # Classify characters; `cand` = part of a token.
         if words:
-            cand = (cp | 0x20) - 97 < 26  # unsigned wrap-around turns these into range tests
+            # ASCII x | 0x20 lowercases letters and keeps digits; it maps '_' to DEL, which no
+            # word token contains, so it stays injective on word characters.
+            values = cp | 0x20
+            cand = values - 97 < 26  # unsigned wrap-around turns these into range tests
             cand |= cp - 48 < 10
             cand |= cp == 95
-            values = cp | 0x20
         else:
             space = cp - 9 < 5  # \t \n \v \f \r
             space |= cp - 28 < 5  # \x1c..\x1f and ' '
             cand = ~space
             values = cp
         special_pos = None
-        high = np.flatnonzero(cp >= 128)
+        high = np.flatnonzero(cp >= 128) if not text.isascii() else ()
         if len(high):
             is_word, is_space, lowered = char_facts(cp[high])
             if words:
@@ -184,12 +194,11 @@ class FastTermIndex(TermIndex):
         tok_doc = np.repeat(np.arange(n_docs), self.doc_len)
 
         keys = _keys(values, starts, ends)
-        tok_len = ends - starts
         if special_pos is not None and len(special_pos):
             # Tokens holding a character whose lowercase needs context: let str.lower() do them.
             tok = np.unique(np.searchsorted(starts, special_pos, side="right") - 1)
             lowered_tokens = [text[s:e].lower() for s, e in zip(starts[tok].tolist(), ends[tok].tolist())]
-            keys[tok], tok_len[tok] = _string_keys(lowered_tokens, words)
+            keys[tok] = _string_keys(lowered_tokens, words)
 
         if n_tok == 0:
             self.df_first = np.zeros(0, np.int64)
@@ -201,18 +210,15 @@ class FastTermIndex(TermIndex):
         bits = max(1, (n_tok - 1).bit_length())
         low_mask = np.uint64((1 << bits) - 1)
         packed = np.sort((keys & ~low_mask) | np.arange(n_tok, dtype=np.uint64))
-        perm = (packed & low_mask).astype(np.intp)
+        perm = (packed & low_mask).view(np.intp)
         top = packed & ~low_mask
         new = np.empty(n_tok, bool)  # first token of a group
         new[0] = True
         np.not_equal(top[1:], top[:-1], out=new[1:])
-        # Inside a group every full key and length must agree, else two terms share the
-        # grouping bits.
+        # Inside a group every full key (which includes the length) must agree, else two
+        # terms share the grouping bits.
         keys_sorted = keys[perm]
-        len_sorted = tok_len[perm]
-        differ = keys_sorted[1:] != keys_sorted[:-1]
-        differ |= len_sorted[1:] != len_sorted[:-1]
-        if (differ > new[1:]).any():  # differs from its predecessor inside one group
+        if ((keys_sorted[1:] != keys_sorted[:-1]) > new[1:]).any():
             raise _UseExactPath
         gstart = np.flatnonzero(new)
         first = perm[gstart]  # token index of each term's first occurrence
@@ -238,18 +244,23 @@ class FastTermIndex(TermIndex):
             return []
         if len(self._group_top) == 0:
             return [None] * len(terms)
-        keys, _ = _string_keys(terms, self._words)
+        keys = _string_keys(terms, self._words)
         tops = keys & ~self._low_mask
-        slots = np.searchsorted(self._group_top, tops)
-        out: list[np.ndarray | None] = []
-        for key, top, g in zip(keys.tolist(), tops.tolist(), slots.tolist()):
-            if g >= len(self._group_top) or int(self._group_top[g]) != top:
-                out.append(None)
-            elif int(self._group_first_key[g]) != key:
-                out.append(None)  # same grouping bits, different term
-            else:
-                docs = self._doc_sorted[self._group_bounds[g]:self._group_bounds[g + 1]]
-                out.append(np.bincount(docs, minlength=self._n_docs).astype(np.int64))
+        n_groups = len(self._group_top)
+        g = np.minimum(np.searchsorted(self._group_top, tops), n_groups - 1)
+        # Same grouping bits and same full key (else a different term shares the bits).
+        found = np.flatnonzero((self._group_top[g] == tops) & (self._group_first_key[g] == keys))
+        out: list[np.ndarray | None] = [None] * len(terms)
+        if len(found):
+            lo = self._group_bounds[g[found]]
+            counts = self._group_bounds[g[found] + 1] - lo
+            # Positions of every token of the found terms in the group-sorted order.
+            pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+            row = np.repeat(np.arange(len(found)), counts)
+            n = self._n_docs
+            tf = np.bincount(row * n + self._doc_sorted[pos], minlength=len(found) * n)
+            for i, counts_i in zip(found.tolist(), tf.reshape(len(found), n)):
+                out[i] = counts_i  # [N] int64
         return out
 
 

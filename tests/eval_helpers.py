@@ -6,6 +6,10 @@ matrices are then perturbed so that a wrongly applied (or ignored) adapter chang
 """
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +89,17 @@ def sample_lines(n: int) -> list[bytes]:
         if len(out) == n:
             break
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def shared_assets(max_length: int = 48) -> tuple[Path, Path]:
+    """(base .pth, adapter folder), built once per test process and shared by the eval test modules
+    (a session fixture defined outside conftest.py would be rebuilt in every module)."""
+    work = Path(tempfile.mkdtemp(prefix="eval_assets_"))
+    atexit.register(shutil.rmtree, work, True)
+    model = tiny_checkpoint(work / "tiny.pth")
+    return model, trained_adapter(work, model, max_length=max_length)
+
+
+def stub_ce_config(max_length: int = 64) -> dict:
+    return {"sep_token_id": SEP, "cls_token_id": CLS, "pad_token_id": PAD, "max_length": max_length, "step": 0}

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cross_encoder.rwkv5.ops import fused_available, wkv5, wkv5_chunked, wkv5_fused, wkv5_reference
-from rwkv5_helpers import naive_wkv, random_wkv_inputs
+from rwkv5_helpers import naive_wkv, one_thread, random_wkv_inputs  # noqa: F401 (autouse fixture)
 
 SHAPES = [  # (B, T, H, N, chunk_len)
     (2, 1, 2, 16, 64),
@@ -110,3 +110,10 @@ def test_fused_matches_chunked_on_cuda(T):
     # 'auto' picks the fused kernel on CUDA for long inputs
     auto, _ = wkv5(*inputs, s0)
     torch.testing.assert_close(auto, out_f, rtol=1e-6, atol=1e-6)
+
+
+def test_chunked_gradients_pass_numerical_gradcheck():
+    r, k, v, log_w, u = (x.requires_grad_(True) for x in random_wkv_inputs(1, 11, 2, 4, seed=9, strong=True,
+                                                                          dtype=torch.float64))
+    s0 = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: wkv5_chunked(*a, chunk_len=4), (r, k, v, log_w, u, s0))

