@@ -200,7 +200,7 @@ def parse_line(line: bytes | str) -> NQRecord:
     Fields other than the ones used are skipped unread, so e.g. bad UTF-8 inside an unused
     `prompt` does not reject a row whose `text` is fine.
     """
-    if not line.strip():
+    if not line or line.isspace():  # isspace() stops at the first other character
         raise SkipRecord("empty_line")
     text = _decode(_text_decoder, line).text
     if not isinstance(text, str):

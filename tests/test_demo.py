@@ -1,0 +1,59 @@
+"""The one-command demo, end to end in its reduced (--quick) size, plus its sample split."""
+import math
+import os
+import subprocess
+import sys
+
+import orjson
+
+from cross_encoder.demo import SIZES, split_sample
+from eval_helpers import REPO, SAMPLE
+from long_ctx.nq_reader import iter_lines
+
+
+def test_split_is_disjoint_seeded_and_keeps_lines(tmp_path):
+    sample = [line for _, line in iter_lines(SAMPLE)]
+    full = SIZES["full"]
+    a = split_sample(SAMPLE, tmp_path / "t0", tmp_path / "h0", full, seed=0)
+    b = split_sample(SAMPLE, tmp_path / "t1", tmp_path / "h1", full, seed=0)
+    c = split_sample(SAMPLE, tmp_path / "t2", tmp_path / "h2", full, seed=1)
+    train, held = (tmp_path / "t0").read_bytes().splitlines(), (tmp_path / "h0").read_bytes().splitlines()
+    assert a == (len(train), len(held)) and len(train) + len(held) == len(sample)
+    assert len(held) == round(len(sample) * full.held_out_fraction)
+    assert sorted(train + held) == sorted(sample)
+    # Input order is kept inside each part.
+    pos = {line: i for i, line in enumerate(sample)}
+    assert [pos[x] for x in train] == sorted(pos[x] for x in train)
+    assert a == b and (tmp_path / "h1").read_bytes() == (tmp_path / "h0").read_bytes()
+    assert (tmp_path / "h2").read_bytes() != (tmp_path / "h0").read_bytes()
+    assert c[0] + c[1] == len(sample)
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    # One BLAS thread: the suite may share the cores with other work; results do not depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "demo.py", "--quick", "--out", str(out), "--seed", "3"], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = orjson.loads((out / "demo_summary.json").read_bytes())
+    commands = " ".join(s["command"] for s in summary["steps"])
+    for script in ("long_ctx/0_create_q_p_n.py", "long_ctx/1_create_datasets.py", "long_ctx/2_create_padded_data.py",
+                   "write_random_checkpoint", "cross_encoder/1_peft_training_ce.py", "cross_encoder/2_evaluate_ce.py"):
+        assert script in commands
+    for path in summary["plots"].values():
+        with open(path, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n", path
+    assert (out / "train" / "final" / "adapter_model.safetensors").is_file()
+    padding = orjson.loads((out / "stage2" / "padding.json").read_bytes())
+    assert padding["max_length"] == summary["max_length"] and padding["truncated_rows"] == 0
+    results = orjson.loads((out / "eval" / "results.json").read_bytes())
+    assert results["num_questions"] == summary["held_out_lines"] - sum(results["skipped"].values()) > 0
+    largest_pool = results["pool_size"]["max"]
+    for system in ("cross_encoder", "bm25"):
+        for name in ("mrr@10", "ndcg@10", "recall@1", "recall@5", "recall@10", "mean_gold_rank"):
+            v = results[system][name]
+            assert math.isfinite(v), (system, name)
+            assert (1 <= v <= largest_pool) if name == "mean_gold_rank" else (0 <= v <= 1), (system, name, v)
+        assert results[system]["recall@1"] <= results[system]["recall@5"] <= results[system]["recall@10"]
+    assert "SMOKE RUN" in proc.stdout and str(out / "eval" / "results.png") in proc.stdout
