@@ -7,7 +7,9 @@ merged LoRA adds nothing at inference). Three ways to score the same pairs:
   * per-pair, batch 1 (the reference): every `question [SEP] document [CLS]` row on its own;
   * per-pair, batched: full rows `--batch_size` at a time in input order, trimmed to the longest;
   * state reuse (what `Reranker.score` does): `question [SEP]` once, then every document continues
-    from a copy of its state, length-sorted batches of `--batch_size`.
+    from a copy of its state, length-sorted batches of `--batch_size`;
+  * the same with the documents of all queries sharing batches (`Reranker.score_many`, what the
+    evaluator and the rerank CLI do, 16 queries at a time by default).
 
 Two query regimes: the sample's real questions (~10 tokens, where documents dominate) and long
 queries (the question followed by its long answer, repeated to `--long_query_tokens` tokens),
@@ -15,7 +17,7 @@ where re-reading the query per document is most of the work. Prints a markdown t
 documents/s, tokens run through the model, the speed-up over the reference and the largest
 score difference from it.
 
-    python bench/bench_rerank.py [--questions 8] [--max_docs 40] [--batch_size 32] [--threads 2]
+    python bench/bench_rerank.py [--questions 6] [--max_docs 60] [--batch_size 32] [--threads 2]
 """
 import argparse
 import time
@@ -52,16 +54,34 @@ def load_pools(n: int, max_docs: int, long_query_tokens: int) -> dict[str, list[
     return {"NQ questions": short, f"{long_query_tokens}-token queries": long_}
 
 
-def timed(fn, pools) -> tuple[float, list[np.ndarray]]:
+class TokenCounter:
+    """Counts the token positions (padding included) every forward pass of the trunk processes."""
+
+    def __init__(self, rwkv) -> None:
+        self.rwkv, self.inner, self.tokens = rwkv, rwkv.hidden, 0
+        rwkv.hidden = self
+
+    def __call__(self, input_ids, *args, **kw):
+        self.tokens += input_ids.numel()
+        return self.inner(input_ids, *args, **kw)
+
+
+def timed(fn, pools, counter: TokenCounter) -> tuple[float, list[np.ndarray], int]:
+    """fn(pools) -> scores per pool; returns (seconds, scores, tokens processed)."""
+    counter.tokens = 0
     start = time.perf_counter()
-    out = [fn(q, docs) for q, docs in pools]
-    return time.perf_counter() - start, out
+    out = fn(pools)
+    return time.perf_counter() - start, out, counter.tokens
+
+
+def per_pool(fn):
+    return lambda pools: [fn(q, docs) for q, docs in pools]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--questions", type=int, default=8, help="questions (pools) from the sample")
-    p.add_argument("--max_docs", type=int, default=40, help="documents per pool at most")
+    p.add_argument("--questions", type=int, default=6, help="questions (pools) from the sample")
+    p.add_argument("--max_docs", type=int, default=60, help="documents per pool at most")
     p.add_argument("--batch_size", type=int, default=32, help="documents per forward pass (batched methods)")
     p.add_argument("--long_query_tokens", type=int, default=256, help="query length of the long-query regime")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
@@ -73,26 +93,26 @@ def main() -> None:
 
     print(f"CPU, {a.threads} thread(s), torch {torch.__version__}; {a.questions} questions, <= {a.max_docs} "
           f"documents each, batch {a.batch_size}\n")
-    print("| model | queries | method | docs | tokens through the model | docs/s | speed-up | max abs score diff |")
+    print("| model | queries | method | docs | tokens processed (incl. padding) | docs/s | speed-up | max abs score diff |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for name in a.models:
         n_layer, n_embd, head = MODELS[name]
         rwkv = random_rwkv5(make_config(n_layer, n_embd, head), seed=0, with_head=False)
         rr = Reranker(CrossEncoder(rwkv, head_seed=0), ce_config, batch_size=a.batch_size)
+        counter = TokenCounter(rwkv)
         for regime, pools in regimes.items():
             n_docs = sum(len(d) for _, d in pools)
-            pair_tokens = sum(len(q) + len(x) + 2 for q, d in pools for x in d)
-            reuse_tokens = sum(len(q) + 1 + sum(len(x) + 1 for x in d) for q, d in pools)
-            rr.score_ids(*pools[0])  # warm-up
+            rr.score_ids(*pools[0])  # warm-up (first-call allocations)
             methods = [
-                ("per-pair, batch 1 (reference)", lambda q, d: rr.score_ids_per_pair(q, d, batch_size=1), pair_tokens),
-                (f"per-pair, batch {a.batch_size}", lambda q, d: rr.score_ids_per_pair(q, d, batch_size=a.batch_size),
-                 pair_tokens),
-                ("state reuse (Reranker.score)", rr.score_ids, reuse_tokens),
+                ("per-pair, batch 1 (reference)", per_pool(lambda q, d: rr.score_ids_per_pair(q, d, batch_size=1))),
+                (f"per-pair, batch {a.batch_size}",
+                 per_pool(lambda q, d: rr.score_ids_per_pair(q, d, batch_size=a.batch_size))),
+                ("state reuse, one query at a time (Reranker.score)", per_pool(rr.score_ids)),
+                ("state reuse, all queries batched together (score_many)", rr.score_ids_many),
             ]
             ref_s, ref = None, None
-            for label, fn, tokens in methods:
-                seconds, scores = timed(fn, pools)
+            for label, fn in methods:
+                seconds, scores, tokens = timed(fn, pools, counter)
                 if ref is None:
                     ref_s, ref = seconds, scores
                 diff = max(float(np.abs(s - r).max()) for s, r in zip(scores, ref))

@@ -17,6 +17,7 @@ if __name__ == "__main__":
     p.add_argument("--per_question", default=None, help="optional jsonl with every question's gold ranks and cross-encoder scores")
     p.add_argument("--batch_size", type=int, default=32, help="documents per forward pass")
     p.add_argument("--max_batch_tokens", type=int, default=32768, help="documents x padded length per forward pass at most (bounds memory)")
+    p.add_argument("--question_batch", type=int, default=16, help="questions whose documents share forward passes (fills batches when pools are small)")
     p.add_argument("--max_length", type=int, default=None, help="row length limit; longer documents lose their tail (default: the training rows' max_length)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
@@ -27,7 +28,8 @@ if __name__ == "__main__":
         main(EvalConfig(model_file=a.model_file, adapter=a.adapter, input_file=a.input_file, limit=a.limit,
                         max_docs=a.max_docs, output_json=a.output_json, output_plot=a.output_plot,
                         per_question=a.per_question, batch_size=a.batch_size, max_batch_tokens=a.max_batch_tokens,
+                        question_batch=a.question_batch,
                         max_length=a.max_length, device=a.device, precision=a.precision,
                         bm25_tokenizer=a.bm25_tokenizer, progress=not a.no_progress))
-    except (InputFileError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (InputFileError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"error: {exc}")

@@ -13,6 +13,7 @@ if __name__ == "__main__":
     p.add_argument("--output_file", default=None, help="output jsonl, written atomically (default: <input>.reranked.jsonl beside the input)")
     p.add_argument("--batch_size", type=int, default=32, help="documents per forward pass")
     p.add_argument("--max_batch_tokens", type=int, default=32768, help="documents x padded length per forward pass at most (bounds memory)")
+    p.add_argument("--question_batch", type=int, default=16, help="questions whose documents share forward passes (fills batches when pools are small)")
     p.add_argument("--max_length", type=int, default=None, help="row length limit; longer documents lose their tail (default: the training rows' max_length)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
@@ -21,7 +22,8 @@ if __name__ == "__main__":
     try:
         main(RerankConfig(model_file=a.model_file, adapter=a.adapter, input_file=a.input_file,
                           output_file=a.output_file, batch_size=a.batch_size, max_batch_tokens=a.max_batch_tokens,
+                          question_batch=a.question_batch,
                           max_length=a.max_length, device=a.device, precision=a.precision,
                           progress=not a.no_progress))
-    except (InputFileError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (InputFileError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"error: {exc}")

@@ -50,6 +50,7 @@ class EvalConfig:
     per_question: str | None = None  # optional jsonl with each question's gold ranks
     batch_size: int = 32
     max_batch_tokens: int = 32_768
+    question_batch: int = 16  # questions whose documents share forward passes
     max_length: int | None = None  # default: the training rows' max_length
     device: str = "auto"
     precision: str = "auto"
@@ -61,6 +62,8 @@ class EvalConfig:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.max_docs is not None and self.max_docs < 1:
             raise ValueError(f"--max_docs must be >= 1, got {self.max_docs}")
+        if self.question_batch < 1:
+            raise ValueError(f"--question_batch must be >= 1, got {self.question_batch}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not Path(self.input_file).is_file():
@@ -98,6 +101,18 @@ def iter_pools(reader: LineReader, limit: int | None, max_docs: int | None,
                 continue
             record.documents = record.documents[:max_docs]
         yield line_number, record
+
+
+def chunked(items: Iterator, size: int) -> Iterator[list]:
+    """Lists of `size` consecutive items (the last one shorter)."""
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def breakdown(results: list[QuestionResult], system: str) -> dict[str, Any]:
@@ -142,30 +157,30 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
         fh = stack.enter_context(atomic_file(config.per_question, "wb")) if config.per_question else None
         bar = stack.enter_context(tqdm(total=reader.input_size, unit="B", unit_scale=True, desc="evaluating",
                                        disable=not config.progress))
-        for line_number, record in iter_pools(reader, config.limit, config.max_docs, skipped):
-            gold = record.gold_id - 1
+        for chunk in chunked(iter_pools(reader, config.limit, config.max_docs, skipped), config.question_batch):
             t0 = time.perf_counter()
-            bm25 = bm25_scores(record.documents, record.question, config.bm25_tokenizer)
+            bm25 = [bm25_scores(rec.documents, rec.question, config.bm25_tokenizer) for _, rec in chunk]
             t1 = time.perf_counter()
-            ce = reranker.score(record.question, record.documents)
-            t2 = time.perf_counter()
+            ce = reranker.score_many([(rec.question, rec.documents) for _, rec in chunk])
             seconds["bm25"] += t1 - t0
-            seconds["cross_encoder"] += t2 - t1
-            docs_scored += len(record.documents)
-            res = QuestionResult(line_number, len(record.documents), gold,
-                                 {"cross_encoder": gold_rank(ce, gold), "bm25": gold_rank(bm25, gold)})
-            results.append(res)
-            if fh:
-                fh.write(orjson.dumps({"line_number": line_number, "pool_size": res.pool_size,
-                                       "gold_id": record.gold_id, "gold_rank": res.ranks,
-                                       "cross_encoder_scores": ce}) + b"\n")
+            seconds["cross_encoder"] += time.perf_counter() - t1
+            for (line_number, rec), ce_scores, bm25_pool in zip(chunk, ce, bm25):
+                gold = rec.gold_id - 1
+                res = QuestionResult(line_number, len(rec.documents), gold,
+                                     {"cross_encoder": gold_rank(ce_scores, gold), "bm25": gold_rank(bm25_pool, gold)})
+                results.append(res)
+                docs_scored += res.pool_size
+                if fh:
+                    fh.write(orjson.dumps({"line_number": line_number, "pool_size": res.pool_size,
+                                           "gold_id": rec.gold_id, "gold_rank": res.ranks,
+                                           "cross_encoder_scores": ce_scores}) + b"\n")
             bar.update(reader.input_bytes - bar.n)
             bar.set_postfix(questions=len(results), refresh=False)
+        if not results:  # raised inside the stack: no per-question file is left behind
+            reasons = ", ".join(f"{k} {v}" for k, v in skipped.items()) or "the file has no lines"
+            raise ValueError(f"no question of {config.input_file} could be evaluated ({reasons}); "
+                             "pass the raw NQ multi-document file (the input of stage 0)")
 
-    if not results:
-        reasons = ", ".join(f"{k} {v}" for k, v in skipped.items()) or "the file has no lines"
-        raise ValueError(f"no question of {config.input_file} could be evaluated ({reasons}); "
-                         "pass the raw NQ multi-document file (the input of stage 0)")
     elapsed = time.perf_counter() - start
     out: dict[str, Any] = {s: breakdown(results, s) for s in SYSTEMS}
     out.update({

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
+from cross_encoder.evaluation import chunked
 from long_ctx.atomic import atomic_file
 from long_ctx.nq_reader import LineReader
 
@@ -42,6 +43,7 @@ class RerankConfig:
     output_file: str | None = None  # default: <input>.reranked.jsonl beside the input
     batch_size: int = 32
     max_batch_tokens: int = 32_768
+    question_batch: int = 16  # queries whose documents share forward passes
     max_length: int | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -92,6 +94,8 @@ def iter_queries(reader: LineReader, skipped: collections.Counter) -> Iterator[t
 
 def main(config: RerankConfig, reranker=None) -> dict[str, Any]:
     """Rerank every line; returns a summary (also printed). `reranker` skips loading the model."""
+    if config.question_batch < 1:
+        raise ValueError(f"--question_batch must be >= 1, got {config.question_batch}")
     if not Path(config.input_file).is_file():
         raise FileNotFoundError(f"--input_file {config.input_file} not found; pass a jsonl of "
                                 '{"query": ..., "documents": [...]} lines')
@@ -109,16 +113,17 @@ def main(config: RerankConfig, reranker=None) -> dict[str, Any]:
     n_queries = n_docs = 0
     with atomic_file(out_path, "wb") as fh, tqdm(total=reader.input_size, unit="B", unit_scale=True,
                                                  desc="reranking", disable=not config.progress) as bar:
-        for line_number, obj in iter_queries(reader, skipped):
-            scores = reranker.score(obj["query"], obj["documents"])
-            ranking = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist()
-            row: dict[str, Any] = {"line_number": line_number}
-            if "id" in obj:
-                row["id"] = obj["id"]
-            row.update(query=obj["query"], scores=scores, ranking=ranking)
-            fh.write(orjson.dumps(row) + b"\n")
-            n_queries += 1
-            n_docs += len(scores)
+        for chunk in chunked(iter_queries(reader, skipped), config.question_batch):
+            all_scores = reranker.score_many([(obj["query"], obj["documents"]) for _, obj in chunk])
+            for (line_number, obj), scores in zip(chunk, all_scores):
+                ranking = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist()
+                row: dict[str, Any] = {"line_number": line_number}
+                if "id" in obj:
+                    row["id"] = obj["id"]
+                row.update(query=obj["query"], scores=scores, ranking=ranking)
+                fh.write(orjson.dumps(row) + b"\n")
+                n_queries += 1
+                n_docs += len(scores)
             bar.update(reader.input_bytes - bar.n)
     elapsed = time.perf_counter() - start
     summary = {"queries": n_queries, "documents": n_docs, "skipped": dict(sorted(skipped.items())),

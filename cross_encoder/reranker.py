@@ -11,8 +11,9 @@ from the adapter's `cross_encoder_config.json`, too-long documents cut at the ta
 read at the CLS.
 
 Speed: RWKV is recurrent and every row of a query starts with the same `question + [SEP]`, so
-that prefix runs once and each document continues from a copy of its state (`expand_state`),
-batched with documents of similar length. This gives the same scores as scoring every full row
+that prefix runs once and each document continues from a copy of its state (the batched form of
+`rwkv5.expand_state`), in batches of documents of similar length, which may mix the pools of
+several queries (`score_many`) so that small pools still fill a batch. This gives the same scores as scoring every full row
 on its own (`score_ids_per_pair`, kept for tests and benchmarks) up to float rounding.
 """
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cross_encoder.rwkv5 import expand_state
 from long_ctx.stage2 import build_row
 
 DEFAULT_BATCH_SIZE = 32
@@ -38,7 +38,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is visible; pass --device cpu")
+        raise ValueError("device 'cuda' requested but no CUDA device is visible; pass --device cpu")
     return device
 
 
@@ -114,6 +114,12 @@ class Reranker:
         q, docs = self.encode(query, documents)
         return self.score_ids(q, docs).tolist()
 
+    def score_many(self, pools: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        """`score` for several (query, documents) pools, batched together (faster for small pools)."""
+        tok = self.tokenizer
+        items = [(tok.encode(q), tok.encode_batch(list(docs))) for q, docs in pools]
+        return [s.tolist() for s in self.score_ids_many(items)]
+
     def rank(self, query: str, documents: Sequence[str]) -> list[tuple[int, float]]:
         """(document index, score) pairs, best first; ties go to the lower index."""
         scores = self.score(query, documents)
@@ -137,23 +143,45 @@ class Reranker:
         return min(len(question_ids), self.max_length - 2) + 1
 
     # ------------------------------------------------------------------ scoring
-    @torch.inference_mode()
     def score_ids(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """float64 [n_docs] scores with prefix-state reuse (see module docstring)."""
-        n = len(documents_ids)
-        if n == 0:
-            return np.zeros(0)
-        p = self.prefix_length(question_ids)
-        rows = [self.row(question_ids, d) for d in documents_ids]
-        prefix = rows[0][:p]
-        suffixes = [r[p:] for r in rows]  # document (maybe cut) + CLS; never empty
-        prefix_ids = torch.tensor([prefix], dtype=torch.long, device=self.device)  # [1, p]
-        _, state = self.model.rwkv.hidden(prefix_ids, return_state=True)
-        out = np.empty(n)
+        return self.score_ids_many([(question_ids, documents_ids)])[0]
+
+    @torch.inference_mode()
+    def score_ids_many(self, items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[np.ndarray]:
+        """Scores of several (question ids, documents ids) pools at once: each question's prefix
+        runs once, then documents of all the pools share length-sorted batches, each row starting
+        from its own question's state. Fills batches when pools are small (10-30 documents)."""
+        states: list = []  # per question with documents: its batch-1 state after question + SEP
+        owner: list[int] = []  # per document: index into `states`
+        suffixes: list[list[int]] = []  # per document: document (maybe cut) + CLS; never empty
+        slots: list[tuple[int, int]] = []  # per document: (pool, position in pool)
+        for k, (q, docs) in enumerate(items):
+            if not len(docs):
+                continue
+            p = self.prefix_length(q)
+            rows = [self.row(q, d) for d in docs]
+            prefix = torch.tensor([rows[0][:p]], dtype=torch.long, device=self.device)  # [1, p]
+            states.append(self.model.rwkv.hidden(prefix, return_state=True)[1])
+            for j, r in enumerate(rows):
+                owner.append(len(states) - 1)
+                suffixes.append(r[p:])
+                slots.append((k, j))
+        out = [np.empty(len(docs)) for _, docs in items]
+        if not suffixes:
+            return out
+        # Per layer, each state tensor stacked over questions: [n_questions, ...].
+        stacked = [tuple(torch.cat(parts) for parts in zip(*layers)) for layers in zip(*states)]
+        owner_t = torch.tensor(owner, dtype=torch.long, device=self.device)
         for batch in self._batches([len(s) for s in suffixes]):
             ids, lengths = self._pad([suffixes[i] for i in batch])  # [B, T], [B]
-            h = self.model.rwkv.hidden(ids, state=expand_state(state, len(batch)))  # [B, T, C]
-            out[batch] = self._head(h, lengths)
+            rows_state = owner_t[batch]  # [B]
+            # index_select copies, so the batch never writes into a question's saved state.
+            state = [tuple(t.index_select(0, rows_state) for t in layer) for layer in stacked]
+            scores = self._head(self.model.rwkv.hidden(ids, state=state), lengths)  # [B]
+            for i, score in zip(batch, scores):
+                k, j = slots[i]
+                out[k][j] = score
         return out
 
     @torch.inference_mode()

@@ -33,8 +33,8 @@ class ConstantReranker:
     """Scores every document 0: with ties to the lower index, the gold's rank is its document number."""
     max_length, sep, cls, pad, device, ce_config = 64, 2, 1, 0, "cpu", stub_ce_config()
 
-    def score(self, query, documents):
-        return [0.0] * len(documents)
+    def score_many(self, pools):
+        return [[0.0] * len(documents) for _, documents in pools]
 
 
 def oracle_rank(documents, question, gold_index):
@@ -129,8 +129,9 @@ def test_no_usable_line_is_a_clear_error(tmp_path, monkeypatch):
     only_bad.write_bytes(b"\n".join(x for x in BROKEN.read_bytes().splitlines() if not _parses(x)))
     with pytest.raises(ValueError, match="no question"):
         evaluate(EvalConfig(model_file=str(BROKEN), adapter="unused", input_file=str(only_bad),
-                            output_json=str(tmp_path / "r.json"), progress=False), reranker=ConstantReranker())
-    assert not (tmp_path / "r.json").exists()
+                            output_json=str(tmp_path / "r.json"), per_question=str(tmp_path / "pq.jsonl"),
+                            progress=False), reranker=ConstantReranker())
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "pq.jsonl").exists()
     model, adapter = shared_assets()
     monkeypatch.setattr(sys, "argv", ["2_evaluate_ce.py", "--model_file", str(model), "--adapter", str(adapter),
                                       "--input_file", str(tmp_path / "missing.jsonl")])

@@ -102,6 +102,18 @@ def test_batching_does_not_change_scores(assets, reranker):
         np.testing.assert_allclose(rr.score_ids(q, docs), ref, atol=2e-5, rtol=1e-5)
 
 
+def test_pools_batched_together_equal_pools_alone(reranker, oracle_model):
+    pools = [(QUERY, DOCS), ("second question", []), ("a third, longer question " * 3, DOCS[:3]), ("", ["x"])]
+    items = [reranker.encode(q, d) for q, d in pools]
+    for batch_size in (2, 32):
+        rr = Reranker(reranker.model, reranker.ce_config, batch_size=batch_size)
+        together = rr.score_ids_many(items)
+        assert [len(t) for t in together] == [len(d) for _, d in pools]
+        for (q, docs), got in zip(items, together):
+            np.testing.assert_allclose(got, oracle_scores(oracle_model, q, docs, rr.max_length), atol=2e-5, rtol=1e-5)
+    assert reranker.score_many(pools)[2] == pytest.approx(reranker.score(*pools[2]), abs=2e-5)
+
+
 def test_batches_respect_limits(reranker):
     rr = Reranker(reranker.model, reranker.ce_config, batch_size=3, max_batch_tokens=20)
     lengths = [5, 9, 1, 9, 4, 2, 30]

@@ -79,10 +79,10 @@ def _level(rc: Tensor, kc: Tensor, vc: Tensor, log_w: Tensor, h: int):
     return shape, pos, wq, wk, rc.view(shape), kc.view(shape), vc.view(shape)
 
 
-class _IntraChunk(torch.autograd.Function):
-    """sum_{s<t in the same chunk} (sum_i r_t[i] k_s[i] w_i^(t-1-s)) v_s, exactly, for every t.
+class _WithinChunk(torch.autograd.Function):
+    """(r_t . u k_t) v_t + sum_{s<t in the same chunk} (sum_i r_t[i] k_s[i] w_i^(t-1-s)) v_s, exactly.
 
-    rc, kc, vc [B, H, C, L, N] (contiguous, L a power of two), log_w [H, N] -> [B, H, C, L, N].
+    rc, kc, vc [B, H, C, L, N] (contiguous, L a power of two), log_w, u [H, N] -> [B, H, C, L, N].
     Recursive halving: in every block of size 2h the second half attends to the first half with the
     reference point at the boundary, w^(t-1-s) = w^(t-mid) * w^(mid-1-s), so both factors have
     exponents in [0, h-1] and nothing is ever divided by an underflowing decay power. Summed over
@@ -93,8 +93,9 @@ class _IntraChunk(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rc: Tensor, kc: Tensor, vc: Tensor, log_w: Tensor) -> Tensor:
-        out = torch.zeros_like(vc)
+    def forward(ctx, rc: Tensor, kc: Tensor, vc: Tensor, log_w: Tensor, u: Tensor) -> Tensor:
+        H, N = u.shape
+        out = (rc * kc * u.view(1, H, 1, 1, N)).sum(-1, keepdim=True) * vc  # the current token's bonus
         h = rc.shape[3] // 2
         while h >= 1:
             shape, _, wq, wk, r2, k2, v2 = _level(rc, kc, vc, log_w, h)
@@ -105,14 +106,19 @@ class _IntraChunk(torch.autograd.Function):
                 contrib = (q @ kk.transpose(-1, -2)) @ vv  # [.., h, h] @ [.., h, N]
             out.view(shape)[..., 1, :, :] += contrib
             h //= 2
-        ctx.save_for_backward(rc, kc, vc, log_w)
+        ctx.save_for_backward(rc, kc, vc, log_w, u)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        rc, kc, vc, log_w = ctx.saved_tensors
+        rc, kc, vc, log_w, u = ctx.saved_tensors
+        H, N = u.shape
         grad = grad.contiguous()
-        dr, dk, dv = torch.zeros_like(rc), torch.zeros_like(kc), torch.zeros_like(vc)
+        uu = u.view(1, H, 1, 1, N)
+        dbonus = (grad * vc).sum(-1, keepdim=True)  # [B, H, C, L, 1]
+        dv = (rc * kc * uu).sum(-1, keepdim=True) * grad
+        dr, dk = dbonus * uu * kc, dbonus * uu * rc
+        du = (dbonus * rc * kc).sum((0, 2, 3)) if ctx.needs_input_grad[4] else None
         dlog_w = torch.zeros_like(log_w)
         h = rc.shape[3] // 2
         while h >= 1:
@@ -136,14 +142,14 @@ class _IntraChunk(torch.autograd.Function):
                 per_pos_k = (dkk * kk).sum((0, 2, 3))
                 dlog_w += (per_pos_q * pos.view(1, h, 1)).sum(1) + (per_pos_k * (h - 1 - pos).view(1, h, 1)).sum(1)
             h //= 2
-        return dr, dk, dv, dlog_w
+        return dr, dk, dv, dlog_w, du
 
 
 def wkv5_chunked(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
                  state: Tensor | None = None, chunk_len: int = DEFAULT_CHUNK_LEN) -> tuple[Tensor, Tensor]:
     """Chunked parallel form in PyTorch (autograd; CPU and GPU): exact for any decay.
 
-    Chunks of `chunk_len` tokens: inside a chunk the exact halving scheme of _IntraChunk, across
+    Chunks of `chunk_len` tokens: inside a chunk the exact halving scheme of _WithinChunk, across
     chunks a short sequential loop carrying the state (T / chunk_len steps).
     """
     if chunk_len < 1 or chunk_len & (chunk_len - 1):
@@ -167,8 +173,7 @@ def wkv5_chunked(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
 
     rc, kc, vc = chunks(r), chunks(k), chunks(v)
 
-    # Bonus for the current token, then everything earlier inside the chunk.
-    out = (rc * kc * u.view(1, H, 1, 1, N)).sum(-1, keepdim=True) * vc + _IntraChunk.apply(rc, kc, vc, log_w)
+    out = _WithinChunk.apply(rc, kc, vc, log_w, u)
 
     # Each chunk's contribution to the state after it: sum_s w^(len-1-s) k_s^T v_s. The padded tail
     # of the last chunk has k = 0; its exponents are clamped at 0 so they stay finite.
@@ -187,9 +192,11 @@ def wkv5_chunked(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
         entering.append(S)
         S = torch.addcmul(kv_c, decay_last if c == C - 1 else decay, S)
     entering = torch.stack(entering, dim=2)  # [B, H, C, N, N]
-    out = out + (rc * _powers(log_w, pos).view(1, H, 1, L, N)) @ entering
+    # What the state entering its chunk contributes: (r_t w^t) @ S_c, added in the same kernel.
+    rq = rc * _powers(log_w, pos).view(1, H, 1, L, N)
+    out = torch.baddbmm(out.view(-1, L, N), rq.view(-1, L, N), entering.view(-1, N, N))
 
-    out = out.reshape(B, H, C * L, N)[:, :, :T].transpose(1, 2)
+    out = out.view(B, H, C * L, N)[:, :, :T].transpose(1, 2)
     return out, S
 
 
