@@ -116,7 +116,7 @@ def main() -> None:
                 if ref is None:
                     ref_s, ref = seconds, scores
                 diff = max(float(np.abs(s - r).max()) for s, r in zip(scores, ref))
-                print(f"| {name} | {regime} | {label} | {n_docs:,} | {tokens:,} | {n_docs / seconds:,.0f} | "
+                print(f"| {name} | {regime} | {label} | {n_docs:,} | {tokens:,} | {n_docs / seconds:,.1f} | "
                       f"{ref_s / seconds:.2f}x | {diff:.1e} |", flush=True)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shlex
 import subprocess
 import sys
@@ -144,7 +143,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
     runner = _Runner(config)
     mode = "quick (CI size)" if config.quick else "full"
     print(f"demo ({mode}, seed {config.seed}) -> {out}\n"
-          "NOTE: the model is a tiny RANDOM RWKV-5 trained for minutes on CPU: a smoke run of the whole "
+          "NOTE: the model is a tiny RANDOM RWKV-5 trained briefly on CPU: a smoke run of the whole "
           "pipeline, not a useful reranker.", flush=True)
 
     n_train, n_held = split_sample(config.sample, data / "train.jsonl", data / "held_out.jsonl", size, config.seed)
@@ -200,7 +199,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
     for name, p in plots.items():
         print(f"  {name:36s} {p}{'' if p.is_file() else '  (missing)'}")
     print(f"summary: {out / 'demo_summary.json'}  ({summary['elapsed_s']:.0f} s in all)")
-    print("\nThis was a SMOKE RUN: a tiny random RWKV-5 trained for a few minutes on CPU cannot rank well, so "
+    print("\nThis was a SMOKE RUN: a tiny random RWKV-5 trained for a minute or two on CPU cannot rank well, so "
           "BM25 winning is expected.\nFor a real reranker, see the README: the full NQ file, RWKV-5 World 0.4B, "
           "a GPU and torchrun.")
     return summary

@@ -55,21 +55,24 @@ def plot_results(res: dict[str, Any], path: str | os.PathLike) -> None:
     fig = Figure(figsize=(14, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [5, 3, 4]})
+    ce = res["cross_encoder"]
     panels = [
-        ("overall", list(BAR_METRICS), lambda s, k: res[s][k]),
-        ("MRR@10 by gold position", list(THIRDS), lambda s, k: res[s]["by_gold_position"][k]["mrr@10"]),
-        ("MRR@10 by pool size", list(res["cross_encoder"]["by_pool_size"]),
-         lambda s, k: res[s]["by_pool_size"][k]["mrr@10"]),
+        ("overall", list(BAR_METRICS), lambda s, k: res[s][k], list(BAR_METRICS)),
+        ("MRR@10 by gold position (third of the pool)", list(THIRDS),
+         lambda s, k: res[s]["by_gold_position"][k]["mrr@10"],
+         [f"{k}\nn={ce['by_gold_position'][k]['n']}" for k in THIRDS]),
+        ("MRR@10 by pool size (documents)", list(ce["by_pool_size"]), lambda s, k: res[s]["by_pool_size"][k]["mrr@10"],
+         [f"{k}\nn={v['n']}" for k, v in ce["by_pool_size"].items()]),
     ]
     width = 0.38
-    for ax, (title, keys, get) in zip(axes, panels):
+    for ax, (title, keys, get, ticks) in zip(axes, panels):
         for j, system in enumerate(LABELS):
             vals = [get(system, k) for k in keys]
             vals = [0.0 if v is None or math.isnan(v) else v for v in vals]
             xs = [i + (j - 0.5) * width for i in range(len(keys))]
             bars = ax.bar(xs, vals, width, label=LABELS[system], color=COLORS[system])
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.set_xticks(range(len(keys)), keys, fontsize=8)
+        ax.set_xticks(range(len(keys)), ticks, fontsize=8)
         ax.set_ylim(0, 1.08)
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=8)

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
-from cross_encoder.demo import SIZES, split_sample
+from cross_encoder.demo import SIZES, DemoConfig, DemoError, main, split_sample
 from eval_helpers import REPO, SAMPLE
 from long_ctx.nq_reader import iter_lines
 
@@ -57,3 +58,8 @@ def test_quick_demo_end_to_end(tmp_path):
             assert (1 <= v <= largest_pool) if name == "mean_gold_rank" else (0 <= v <= 1), (system, name, v)
         assert results[system]["recall@1"] <= results[system]["recall@5"] <= results[system]["recall@10"]
     assert "SMOKE RUN" in proc.stdout and str(out / "eval" / "results.png") in proc.stdout
+
+
+def test_missing_sample_is_a_clear_error(tmp_path):
+    with pytest.raises(DemoError, match="not found"):
+        main(DemoConfig(out=str(tmp_path / "o"), quick=True, sample=str(tmp_path / "nope.jsonl.zst")))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cross_encoder.rwkv5 import (RWKV5, RWKV5Config, expand_state, load_rwkv5, save_rwkv5,
+from cross_encoder.rwkv5 import (RWKV5Config, expand_state, load_rwkv5, save_rwkv5,
                                  write_random_checkpoint)
 from cross_encoder.rwkv5.checkpoint import config_from_state_dict
 from rwkv5_helpers import one_thread, perturbed_checkpoint, pip_rwkv_class  # noqa: F401 (autouse fixture)
@@ -190,3 +190,23 @@ def test_peft_lora_targets_official_names(model):
     lora.base_model.model.hidden(ids).sum().backward()
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_model_matches_cpu_fp32_and_trains(tmp_path):
+    path = perturbed_checkpoint(tmp_path / "m.pth", n_embd=128, head_size=64, vocab_size=VOCAB)
+    cpu = load_rwkv5(path)
+    gpu = load_rwkv5(path, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, VOCAB, (2, 150), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        want = cpu.hidden(ids)
+        got = gpu.hidden(ids.cuda()).float().cpu()  # 'auto': the fused kernel when fla is installed
+        gpu.wkv_impl = "chunked"
+        got_chunked = gpu.hidden(ids.cuda()).float().cpu()
+    assert (got - want).norm() < 0.1 * want.norm()
+    assert (got_chunked - want).norm() < 0.1 * want.norm()
+    gpu.wkv_impl = "auto"
+    gpu.train()
+    gpu.gradient_checkpointing = True
+    gpu.hidden(ids.cuda()).float().pow(2).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None)
