@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -103,6 +104,20 @@ def choose_max_length(stage1_dir: Path, multiple: int = 32) -> int:
     return int(math.ceil(need / multiple) * multiple)
 
 
+def clear_training_output(path: Path) -> None:
+    """Remove a previous demo run's training folder: the trainer (rightly) refuses to start over
+    checkpoints of another run, and each demo run trains a new random model. Anything that does
+    not look like trainer output is left alone, with an error."""
+    if not path.exists():
+        return
+    looks_like_training = ((path / "config.json").is_file() or (path / "metrics.jsonl").is_file()
+                           or (path / "final").is_dir() or any(path.glob("checkpoint-*")))
+    if not looks_like_training and any(path.iterdir()):
+        raise DemoError(f"{path} exists and is not a training output folder; choose another --out")
+    print(f"\nremoving the previous run's training output {path}", flush=True)
+    shutil.rmtree(path)
+
+
 def _show(path: Path) -> str:
     """A path as the command line shows it: relative to the repo root (where commands run) when inside."""
     try:
@@ -167,6 +182,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
         "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
               f"write_random_checkpoint({_show(model_file)!r}, n_layer={size.n_layer}, n_embd={size.n_embd}, "
               f"head_size={size.head_size}, seed={config.seed})"])
+    clear_training_output(train)
     runner.run("LoRA training on CPU", [
         "cross_encoder/1_peft_training_ce.py", "--model_file", _show(model_file), "--ds_dir", _show(stage2),
         "--output_dir", _show(train), "--ctx_len", max_length, "--bs", size.bs, "--max_steps", size.max_steps,

@@ -7,7 +7,7 @@ import sys
 import orjson
 import pytest
 
-from cross_encoder.demo import SIZES, DemoConfig, DemoError, main, split_sample
+from cross_encoder.demo import SIZES, DemoConfig, DemoError, clear_training_output, main, split_sample
 from eval_helpers import REPO, SAMPLE
 from long_ctx.nq_reader import iter_lines
 
@@ -63,3 +63,18 @@ def test_quick_demo_end_to_end(tmp_path):
 def test_missing_sample_is_a_clear_error(tmp_path):
     with pytest.raises(DemoError, match="not found"):
         main(DemoConfig(out=str(tmp_path / "o"), quick=True, sample=str(tmp_path / "nope.jsonl.zst")))
+
+
+def test_a_rerun_replaces_only_training_output(tmp_path):
+    old = tmp_path / "train"
+    (old / "final").mkdir(parents=True)
+    (old / "metrics.jsonl").write_text("{}\n")
+    clear_training_output(old)
+    assert not old.exists()
+    clear_training_output(old)  # nothing there: nothing to do
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(DemoError, match="not a training output"):
+        clear_training_output(other)
+    assert (other / "notes.txt").read_text() == "keep me"
