@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from long_ctx.stage2 import OUTPUT_SCHEMA
+
 SEP, CLS, PAD, L = 2, 1, 0, 8192
 
 
@@ -43,8 +45,7 @@ def write_rows(out: Path, n_groups: int, doc_len: tuple[int, int, int], seed: in
             lengths.append(len(row))
             groups.append(g)
     out.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([pa.field("input_ids", pa.list_(pa.uint16())), pa.field("labels", pa.int8()),
-                        pa.field("length", pa.int32()), pa.field("group", pa.int64())])
+    schema = OUTPUT_SCHEMA  # the real stage-2 column types
     pq.write_table(pa.table({"input_ids": [a.tolist() for a in ids], "labels": labels, "length": lengths,
                              "group": groups}, schema=schema), out / "train-00000-of-00001.parquet")
     meta = {"max_length": L, "sep_token_id": SEP, "cls_token_id": CLS, "pad_token_id": PAD,

@@ -2,25 +2,20 @@
 import argparse
 import sys
 
+from cross_encoder.cli_flags import add_model_flags, add_scoring_flags
 from cross_encoder.evaluation import EvalConfig, main
 from long_ctx.nq_reader import InputFileError
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model_file", required=True, help="base RWKV-5 .pth the adapter was trained on")
-    p.add_argument("--adapter", required=True, help="adapter folder (OUT/final, OUT/checkpoint-<step>) or the training OUT folder")
+    add_model_flags(p)
     p.add_argument("--input_file", required=True, help="raw NQ rows, the input format of stage 0 (.jsonl.zst or .jsonl)")
     p.add_argument("--limit", type=int, default=None, help="read at most this many input lines")
     p.add_argument("--max_docs", type=int, default=None, help="rank only the first K documents of each pool (questions whose gold is beyond K are skipped and counted)")
     p.add_argument("--output_json", default="eval_results.json", help="results file (default: eval_results.json)")
     p.add_argument("--output_plot", default=None, help="bar chart PNG (default: the JSON path with .png)")
     p.add_argument("--per_question", default=None, help="optional jsonl with every question's gold ranks and cross-encoder scores")
-    p.add_argument("--batch_size", type=int, default=32, help="documents per forward pass")
-    p.add_argument("--max_batch_tokens", type=int, default=32768, help="documents x padded length per forward pass at most (bounds memory)")
-    p.add_argument("--question_batch", type=int, default=16, help="questions whose documents share forward passes (fills batches when pools are small)")
-    p.add_argument("--max_length", type=int, default=None, help="row length limit; longer documents lose their tail (default: the training rows' max_length)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
+    add_scoring_flags(p)
     p.add_argument("--bm25_tokenizer", choices=["words", "whitespace"], default="words", help="BM25 tokens, as in stage 0 (default words)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     a = p.parse_args()

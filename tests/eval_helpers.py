@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from long_ctx.stage2 import OUTPUT_SCHEMA
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "nq_sample.jsonl.zst"
 BROKEN = REPO / "data" / "nq_broken.jsonl"
@@ -46,8 +48,7 @@ def toy_padded_dataset(out: Path, max_length: int, n_groups: int = 6, seed: int 
             lengths.append(len(row))
             groups.append(g)
     out.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([pa.field("input_ids", pa.list_(pa.uint16())), pa.field("labels", pa.int8()),
-                        pa.field("length", pa.int32()), pa.field("group", pa.int64())])
+    schema = OUTPUT_SCHEMA  # the real stage-2 column types
     pq.write_table(pa.table({"input_ids": ids, "labels": labels, "length": lengths, "group": groups},
                             schema=schema), out / "train-00000-of-00001.parquet")
     meta = {"max_length": max_length, "sep_token_id": SEP, "cls_token_id": CLS, "pad_token_id": PAD,

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from long_ctx.stage2 import OUTPUT_SCHEMA
+
 REPO = Path(__file__).resolve().parents[1]
 SEP, CLS, PAD = 2, 1, 0
 # Tokens of the toy task: a positive document ends with POS_MARK, a negative with NEG_MARK.
@@ -76,8 +78,7 @@ def write_padded_dataset(out_dir: str | Path, groups: list[list[Row]], max_lengt
             labels.append(label)
             lengths.append(len(toks))
             gids.append(g)
-    schema = pa.schema([pa.field("input_ids", pa.list_(pa.uint16())), pa.field("labels", pa.int8()),
-                        pa.field("length", pa.int32()), pa.field("group", pa.int64())])
+    schema = OUTPUT_SCHEMA  # the real stage-2 column types
     # Cut shards at group boundaries, as the real writer does.
     bounds = np.linspace(0, len(groups), n_shards + 1).astype(int)
     row_of_group = np.searchsorted(np.asarray(gids), np.arange(len(groups) + 1))
