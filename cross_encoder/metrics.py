@@ -41,17 +41,22 @@ def _group_slices(groups: np.ndarray) -> list[np.ndarray]:
     return np.split(order, bounds) if groups.size else []
 
 
+def _positives_and_negatives(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray):
+    """Yield (positive scores, negative scores) of each group that has both."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1
+    for idx in _group_slices(groups):
+        pos, neg = scores[idx][labels[idx]], scores[idx][~labels[idx]]
+        if pos.size and neg.size:
+            yield pos, neg
+
+
 def pairwise_accuracy(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     """Fraction of (positive, negative) pairs within a group where the positive scores higher.
 
     Ties count one half; pairs are pooled over all groups. NaN when there are no such pairs.
     """
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1
     wins, pairs = 0.0, 0
-    for idx in _group_slices(groups):
-        pos, neg = scores[idx][labels[idx]], scores[idx][~labels[idx]]
-        if pos.size == 0 or neg.size == 0:
-            continue
+    for pos, neg in _positives_and_negatives(scores, labels, groups):
         diff = pos[:, None] - neg[None, :]  # [P, N]
         wins += float((diff > 0).sum()) + 0.5 * float((diff == 0).sum())
         pairs += diff.size
@@ -60,12 +65,8 @@ def pairwise_accuracy(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray
 
 def group_top1_accuracy(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     """Fraction of groups (with a positive and a negative) whose positive beats all negatives."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1
     hits, n = 0, 0
-    for idx in _group_slices(groups):
-        pos, neg = scores[idx][labels[idx]], scores[idx][~labels[idx]]
-        if pos.size == 0 or neg.size == 0:
-            continue
+    for pos, neg in _positives_and_negatives(scores, labels, groups):
         hits += int(pos.min() > neg.max())
         n += 1
     return hits / n if n else float("nan")
