@@ -24,6 +24,7 @@ from long_ctx.atomic import atomic_dir, write_json
 from long_ctx.dataset_card import length_table, markdown_table, write_dataset_card
 from long_ctx.length_plots import plot_length_histograms
 from long_ctx.length_stats import LengthCounter
+from long_ctx.nq_reader import LineReader
 from long_ctx.ordered_pool import ordered_imap
 from long_ctx.parquet_shards import ShardWriter
 from long_ctx.world_tokenizer import get_tokenizer, tokenizer_info
@@ -212,61 +213,26 @@ def _init_worker() -> None:
 # Input
 
 
-READ_BYTES = 1 << 20
-
-
-def _zst_blocks(fh) -> Iterator[bytes]:
-    """Decompressed blocks of a (multi-frame) .zst stream; a cut-off last frame raises.
-
-    zstandard's stream_reader returns a silent EOF on a truncated file, which would pass a partial
-    input off as complete, so frames are decoded one by one and each must reach its end.
-    """
-    import zstandard
-
-    dctx = zstandard.ZstdDecompressor()
-    dobj, fed = dctx.decompressobj(), False
-    while chunk := fh.read(READ_BYTES):
-        while chunk:
-            fed = True
-            yield dobj.decompress(chunk)
-            if dobj.eof:  # frame finished; what follows starts the next one
-                chunk, dobj, fed = dobj.unused_data, dctx.decompressobj(), False
-            else:
-                chunk = b""
-    if fed and not dobj.eof:
-        raise EOFError("the .zst stream ends in the middle of a frame (truncated file?)")
-
-
-def _lines(blocks: Iterator[bytes]) -> Iterator[bytes]:
-    rest = b""
-    for block in blocks:
-        parts = (rest + block).split(b"\n")
-        rest = parts.pop()
-        yield from parts
-    if rest:
-        yield rest
-
-
 def iter_chunks(path: Path, chunk_size: int, limit: int | None, bar: tqdm) -> Iterator[list[bytes]]:
-    """Lists of up to `chunk_size` raw lines; the bar follows the (compressed) bytes read."""
-    with open(path, "rb") as fh:
-        blocks = _zst_blocks(fh) if path.suffix == ".zst" else iter(lambda: fh.read(READ_BYTES), b"")
-        chunk: list[bytes] = []
-        seen, last_pos = 0, 0
-        for line in _lines(blocks):
-            if limit is not None and seen >= limit:
-                break
-            chunk.append(line)
-            seen += 1
-            if len(chunk) == chunk_size:
-                pos = fh.tell()
-                bar.update(pos - last_pos)
-                last_pos = pos
-                yield chunk
-                chunk = []
-        if chunk:
+    """Lists of up to `chunk_size` raw lines; the bar follows the (compressed) bytes read.
+
+    Reading is stage 0's reader, so a truncated .zst fails the same way (InputFileError).
+    """
+    reader = LineReader(path)
+    chunk: list[bytes] = []
+    shown = 0
+    for line_number, line in reader:
+        if limit is not None and line_number >= limit:
+            break
+        chunk.append(line)
+        if len(chunk) == chunk_size:
+            bar.update(reader.input_bytes - shown)
+            shown = reader.input_bytes
             yield chunk
-        bar.update(fh.tell() - last_pos)
+            chunk = []
+    if chunk:
+        yield chunk
+    bar.update(reader.input_bytes - shown)
 
 
 # ---------------------------------------------------------------------------------------------
