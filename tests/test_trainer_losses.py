@@ -55,13 +55,13 @@ def test_every_loss_decreases_under_gradient_descent(name):
     y = torch.tensor([1, 0, 0, 1, 0, 0])
     g = torch.tensor([0, 0, 0, 1, 1, 1])
     fn = get_loss(name)
-    first = float(fn(s, y, g))
+    first = fn(s, y, g).item()
     opt = torch.optim.SGD([s], lr=0.5)
     for _ in range(20):
         opt.zero_grad()
         fn(s, y, g).backward()
         opt.step()
-    assert float(fn(s, y, g)) < first * 0.8
+    assert fn(s, y, g).item() < first * 0.8
 
 
 def test_unknown_loss_names_choices():
