@@ -63,10 +63,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the description's usage lines as written."""
+
+
 def build_arg_parser(description: str | None = None) -> argparse.ArgumentParser:
     """argparse parser with one `--<field>` flag per TrainConfig field."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     hints = get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         meta, typ = dict(f.metadata), hints[f.name]
