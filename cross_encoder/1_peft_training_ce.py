@@ -9,6 +9,7 @@ Every flag and its help text is defined next to its field in cross_encoder/train
 """
 from cross_encoder.train_config import config_from_args
 from cross_encoder.trainer import main
+from long_ctx.cli_errors import run_cli
 
 if __name__ == "__main__":
-    main(config_from_args(description=__doc__))
+    run_cli(main, config_from_args(description=__doc__))

@@ -1,10 +1,9 @@
 """Evaluate a trained cross-encoder against BM25 on raw NQ multi-document pools (metrics table, JSON, PNG)."""
 import argparse
-import sys
 
 from cross_encoder.cli_flags import add_model_flags, add_scoring_flags
 from cross_encoder.evaluation import EvalConfig, main
-from long_ctx.nq_reader import InputFileError
+from long_ctx.cli_errors import run_cli
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
@@ -19,12 +18,9 @@ if __name__ == "__main__":
     p.add_argument("--bm25_tokenizer", choices=["words", "whitespace"], default="words", help="BM25 tokens, as in stage 0 (default words)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     a = p.parse_args()
-    try:
-        main(EvalConfig(model_file=a.model_file, adapter=a.adapter, input_file=a.input_file, limit=a.limit,
-                        max_docs=a.max_docs, output_json=a.output_json, output_plot=a.output_plot,
-                        per_question=a.per_question, batch_size=a.batch_size, max_batch_tokens=a.max_batch_tokens,
-                        question_batch=a.question_batch,
-                        max_length=a.max_length, device=a.device, precision=a.precision,
-                        bm25_tokenizer=a.bm25_tokenizer, progress=not a.no_progress))
-    except (InputFileError, FileNotFoundError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    run_cli(main, EvalConfig(model_file=a.model_file, adapter=a.adapter, input_file=a.input_file, limit=a.limit,
+        max_docs=a.max_docs, output_json=a.output_json, output_plot=a.output_plot,
+        per_question=a.per_question, batch_size=a.batch_size, max_batch_tokens=a.max_batch_tokens,
+        question_batch=a.question_batch,
+        max_length=a.max_length, device=a.device, precision=a.precision,
+                    bm25_tokenizer=a.bm25_tokenizer, progress=not a.no_progress))

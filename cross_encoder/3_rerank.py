@@ -1,10 +1,9 @@
 """Rerank {"query": ..., "documents": [...]} jsonl lines with a trained cross-encoder; writes scores + ranking per line."""
 import argparse
-import sys
 
 from cross_encoder.cli_flags import add_model_flags, add_scoring_flags
 from cross_encoder.rerank_cli import RerankConfig, main
-from long_ctx.nq_reader import InputFileError
+from long_ctx.cli_errors import run_cli
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
@@ -14,11 +13,8 @@ if __name__ == "__main__":
     add_scoring_flags(p)
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     a = p.parse_args()
-    try:
-        main(RerankConfig(model_file=a.model_file, adapter=a.adapter, input_file=a.input_file,
-                          output_file=a.output_file, batch_size=a.batch_size, max_batch_tokens=a.max_batch_tokens,
-                          question_batch=a.question_batch,
-                          max_length=a.max_length, device=a.device, precision=a.precision,
-                          progress=not a.no_progress))
-    except (InputFileError, FileNotFoundError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    run_cli(main, RerankConfig(model_file=a.model_file, adapter=a.adapter, input_file=a.input_file,
+        output_file=a.output_file, batch_size=a.batch_size, max_batch_tokens=a.max_batch_tokens,
+        question_batch=a.question_batch,
+        max_length=a.max_length, device=a.device, precision=a.precision,
+        progress=not a.no_progress))

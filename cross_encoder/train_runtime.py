@@ -9,6 +9,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from long_ctx.cli_errors import UsageError
+
 
 @dataclass
 class Runtime:
@@ -60,7 +62,7 @@ def _launched_by_torchrun() -> bool:
 def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """Pick the device and precision; join the process group when started by torchrun."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available (no GPU, or a CPU-only "
+        raise UsageError("--device cuda was requested but CUDA is not available (no GPU, or a CPU-only "
                            "torch build); use --device cpu, or install a CUDA build of torch")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     rt = Runtime(device=torch.device("cuda" if use_cuda else "cpu"))
@@ -78,7 +80,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if precision == "auto":
         precision = "bf16" if use_cuda else "fp32"
     if precision == "bf16" and use_cuda and not torch.cuda.is_bf16_supported():
-        raise RuntimeError("this GPU has no bf16 support; use --precision fp32")
+        raise UsageError("this GPU has no bf16 support; use --precision fp32")
     rt.precision = precision
     if precision == "bf16":
         rt.amp_dtype = torch.bfloat16

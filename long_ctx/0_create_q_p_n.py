@@ -1,8 +1,7 @@
 """Stage 0: NQ multi-document rows (.jsonl.zst or .jsonl) -> question/positive/negative jsonl."""
 import argparse
-import sys
 
-from long_ctx.nq_reader import InputFileError
+from long_ctx.cli_errors import run_cli
 from long_ctx.stage0 import Stage0Config, main, print_summary
 
 
@@ -29,8 +28,4 @@ def parse_args(argv=None) -> Stage0Config:
 
 if __name__ == "__main__":
     config = parse_args()
-    try:
-        config.validate()
-        print_summary(main(config))
-    except (InputFileError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    run_cli(lambda: (config.validate(), print_summary(main(config))))

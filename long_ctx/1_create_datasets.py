@@ -2,6 +2,7 @@
 import argparse
 import os
 
+from long_ctx.cli_errors import run_cli
 from long_ctx.stage1 import Stage1Config, main
 
 if __name__ == "__main__":
@@ -18,7 +19,7 @@ if __name__ == "__main__":
     p.add_argument("--limit", type=int, default=None, help="read at most this many input lines")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     a = p.parse_args()
-    main(Stage1Config(input_file=a.input_file, output_dir=a.output_dir, num_proc=a.num_proc,
+    run_cli(main, Stage1Config(input_file=a.input_file, output_dir=a.output_dir, num_proc=a.num_proc,
                       keep_text=a.keep_text, rows_per_shard=a.rows_per_shard,
                       row_group_rows=a.row_group_rows, chunk_size=a.chunk_size, limit=a.limit,
                       progress=not a.no_progress))

@@ -1,6 +1,7 @@
 """Stage 2: stage-1 token ids -> fixed-length rows `question [SEP] document [CLS] PAD...` (see docs)."""
 import argparse
 
+from long_ctx.cli_errors import run_cli
 from long_ctx.stage2 import Stage2Config, main
 
 if __name__ == "__main__":
@@ -18,6 +19,6 @@ if __name__ == "__main__":
     p.add_argument("--rows_per_shard", type=int, default=None, help="rows per parquet shard (default: ~256 MB)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     a = p.parse_args()
-    main(Stage2Config(ds_dir=a.ds_dir, max_length=a.max_length, sep_token_id=a.sep_token_id,
+    run_cli(main, Stage2Config(ds_dir=a.ds_dir, max_length=a.max_length, sep_token_id=a.sep_token_id,
                       cls_token_id=a.cls_token_id, pad_token_id=a.pad_token_id, is_truncate=a.is_truncate,
                       output_dir=a.output_dir, rows_per_shard=a.rows_per_shard, progress=not a.no_progress))

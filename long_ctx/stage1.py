@@ -24,7 +24,7 @@ from long_ctx.atomic import atomic_dir, write_json
 from long_ctx.dataset_card import length_table, markdown_table, write_dataset_card
 from long_ctx.length_plots import plot_length_histograms
 from long_ctx.length_stats import LengthCounter
-from long_ctx.nq_reader import LineReader
+from long_ctx.nq_reader import InputFileError, LineReader
 from long_ctx.ordered_pool import ordered_imap
 from long_ctx.parquet_shards import ShardWriter
 from long_ctx.world_tokenizer import get_tokenizer, tokenizer_info
@@ -296,7 +296,10 @@ def main(config: Stage1Config) -> dict:
                 writer.write(result.batch)
                 bar.set_postfix(records=summary.written, skipped=sum(summary.skipped.values()), refresh=False)
         except Exception as exc:
-            raise RuntimeError(
+            # An unreadable input is the user's to fix (one-line error from the CLI); anything
+            # else keeps its type, so a bug still shows its traceback.
+            kind = InputFileError if isinstance(exc, (InputFileError, OSError)) else RuntimeError
+            raise kind(
                 f"stage 1 stopped while reading {in_path} after {summary.written} records "
                 f"({summary.lines} lines); nothing was written to {out_dir}: {exc}"
             ) from exc
