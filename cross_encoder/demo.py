@@ -42,6 +42,7 @@ class DemoSize:
     train_lines: int | None  # cap on training lines (None: all of the training part)
     held_out_lines: int | None
     num_negatives: int
+    negative_strategy: str  # stage 0's --negative_strategy
     n_layer: int
     n_embd: int
     head_size: int
@@ -53,11 +54,17 @@ class DemoSize:
 
 
 SIZES = {
-    # ~6-8 minutes on 2 idle CPU cores, most of it training.
-    "full": DemoSize(held_out_fraction=0.2, train_lines=None, held_out_lines=None, num_negatives=3, n_layer=2,
-                     n_embd=128, head_size=32, max_steps=200, bs=8, lora_r=16, eval_every=50, max_docs=None),
+    # ~2 minutes on 2 idle CPU cores (measured 124 s), most of it training. Settings chosen by
+    # measurement (docs/readme_eval.md):
+    # 7 'least' negatives per question (groups of 8 rows, two per batch of 16, grouped softmax) beat
+    # 3, and 'hardest' negatives made this random model worse (it overfits near-misses it cannot
+    # tell apart); 600 steps beat 200 and 1200 (which overfits). BM25 still wins.
+    "full": DemoSize(held_out_fraction=0.2, train_lines=None, held_out_lines=None, num_negatives=7,
+                     negative_strategy="least", n_layer=2, n_embd=128, head_size=32, max_steps=600, bs=16,
+                     lora_r=16, eval_every=200, max_docs=None),
     # CI: every step runs, on a handful of records, in well under a minute.
-    "quick": DemoSize(held_out_fraction=0.2, train_lines=16, held_out_lines=4, num_negatives=1, n_layer=1,
+    "quick": DemoSize(held_out_fraction=0.2, train_lines=16, held_out_lines=4, num_negatives=1,
+                      negative_strategy="least", n_layer=1,
                       n_embd=32, head_size=16, max_steps=3, bs=4, lora_r=4, eval_every=0, max_docs=None),
 }
 
@@ -168,7 +175,8 @@ def main(config: DemoConfig) -> dict[str, Any]:
 
     runner.run("stage 0: BM25 query / positive / negatives", [
         "long_ctx/0_create_q_p_n.py", "--input_file", _show(data / "train.jsonl"), "--output_file", _show(qpn),
-        "--num_splits", 2, "--num_negatives", size.num_negatives])
+        "--num_splits", 2, "--num_negatives", size.num_negatives,
+        "--negative_strategy", size.negative_strategy])
     runner.run("stage 1: RWKV World token ids (parquet dataset)", [
         "long_ctx/1_create_datasets.py", "--input_file", _show(qpn), "--output_dir", _show(stage1),
         "--num_proc", 2])
@@ -215,7 +223,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
     for name, p in plots.items():
         print(f"  {name:36s} {p}{'' if p.is_file() else '  (missing)'}")
     print(f"summary: {out / 'demo_summary.json'}  ({summary['elapsed_s']:.0f} s in all)")
-    print("\nThis was a SMOKE RUN: a tiny random RWKV-5 trained for a minute or two on CPU cannot rank well, so "
+    print("\nThis was a SMOKE RUN: a tiny random RWKV-5 trained for a few minutes on CPU cannot rank well, so "
           "BM25 winning is expected.\nFor a real reranker, see the README: the full NQ file, RWKV-5 World 0.4B, "
           "a GPU and torchrun.")
     return summary
