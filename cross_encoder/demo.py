@@ -55,7 +55,7 @@ class DemoSize:
 
 SIZES = {
     # ~2 minutes on 2 idle CPU cores (measured 124 s), most of it training. Settings chosen by
-    # measurement (docs/readme_eval.md):
+    # measurement (README, "The demo"):
     # 7 'least' negatives per question (groups of 8 rows, two per batch of 16, grouped softmax) beat
     # 3, and 'hardest' negatives made this random model worse (it overfits near-misses it cannot
     # tell apart); 600 steps beat 200 and 1200 (which overfits). BM25 still wins.

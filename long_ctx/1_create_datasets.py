@@ -1,4 +1,4 @@
-"""Stage 1: stage-0 qpn jsonl -> RWKV World token ids in a parquet dataset (see docs)."""
+"""Stage 1: stage-0 qpn jsonl -> RWKV World token ids in a parquet dataset (see README.md)."""
 import argparse
 import os
 

@@ -1,4 +1,4 @@
-"""Stage 2: stage-1 token ids -> fixed-length rows `question [SEP] document [CLS] PAD...` (see docs)."""
+"""Stage 2: stage-1 token ids -> fixed-length rows `question [SEP] document [CLS] PAD...` (see README.md)."""
 import argparse
 
 from long_ctx.cli_errors import run_cli
