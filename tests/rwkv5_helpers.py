@@ -5,20 +5,11 @@ import importlib
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from cross_encoder.rwkv5 import write_random_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds OpenMP hand-offs, which stall badly on a busy machine.
-    Autouse in every module that imports it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def naive_wkv(r, k, v, log_w, u, state=None):

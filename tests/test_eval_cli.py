@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import orjson
 import pytest
-import torch
 from rank_bm25 import BM25Okapi
 
 from cross_encoder.evaluation import EvalConfig, main as evaluate
@@ -21,12 +20,6 @@ RERANK_SCRIPT = REPO / "cross_encoder" / "3_rerank.py"
 METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@5", "recall@10", "mean_gold_rank")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class ConstantReranker:

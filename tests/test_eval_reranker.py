@@ -9,12 +9,6 @@ from eval_helpers import CLS, PAD, SEP, shared_assets
 from long_ctx.world_tokenizer import trie_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

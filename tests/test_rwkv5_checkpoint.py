@@ -4,7 +4,6 @@ import torch
 
 from cross_encoder.rwkv5 import load_rwkv5, make_config, write_random_checkpoint
 from cross_encoder.rwkv5.checkpoint import config_from_state_dict
-from rwkv5_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 
 def official_keys(n_layer, version):

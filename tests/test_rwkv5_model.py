@@ -5,7 +5,7 @@ import torch
 from cross_encoder.rwkv5 import (RWKV5Config, expand_state, load_rwkv5, save_rwkv5,
                                  write_random_checkpoint)
 from cross_encoder.rwkv5.checkpoint import config_from_state_dict
-from rwkv5_helpers import one_thread, perturbed_checkpoint, pip_rwkv_class  # noqa: F401 (autouse fixture)
+from rwkv5_helpers import perturbed_checkpoint, pip_rwkv_class
 
 VOCAB = 300
 

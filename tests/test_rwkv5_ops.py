@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cross_encoder.rwkv5.ops import fused_available, wkv5, wkv5_chunked, wkv5_fused, wkv5_reference
-from rwkv5_helpers import naive_wkv, one_thread, random_wkv_inputs  # noqa: F401 (autouse fixture)
+from rwkv5_helpers import naive_wkv, random_wkv_inputs
 
 SHAPES = [  # (B, T, H, N, chunk_len)
     (2, 1, 2, 16, 64),

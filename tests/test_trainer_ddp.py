@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from cross_encoder.train_config import TrainConfig
 from cross_encoder.trainer import main
-from trainer_helpers import REPO, one_thread, tiny_model, toy_dataset  # noqa: F401 (one_thread: autouse fixture)
+from trainer_helpers import REPO, tiny_model, toy_dataset
 
 
 

@@ -8,7 +8,7 @@ from cross_encoder.padded_data import collate, load_padded_dataset
 from cross_encoder.rwkv5 import expand_state, load_rwkv5
 from cross_encoder.scorer import CrossEncoder, attach_lora, load_cross_encoder, make_lora_config
 from cross_encoder.train_checkpoints import save_checkpoint
-from trainer_helpers import SEP, one_thread, tiny_model, toy_dataset  # noqa: F401 (one_thread: autouse fixture)
+from trainer_helpers import SEP, tiny_model, toy_dataset
 
 
 

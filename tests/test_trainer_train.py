@@ -1,5 +1,4 @@
 """End-to-end trainer runs on a tiny random RWKV-5 and a toy padded dataset."""
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from cross_encoder.losses import LOSSES
 from cross_encoder.scorer import load_cross_encoder
 from cross_encoder.train_config import TrainConfig
 from cross_encoder.trainer import lr_lambda, main
-from trainer_helpers import REPO, one_thread, tiny_model, toy_dataset  # noqa: F401 (one_thread: autouse fixture)
+from trainer_helpers import REPO, tiny_model, toy_dataset
 
 SCRIPT = REPO / "cross_encoder" / "1_peft_training_ce.py"
 

@@ -15,8 +15,6 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
-import torch
 
 from long_ctx.stage2 import OUTPUT_SCHEMA
 
@@ -27,15 +25,6 @@ POS_MARK, NEG_MARK = 7, 8
 TOY_VOCAB = 64
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Import into a test module to run its tests on one torch thread: with tiny tensors on
-    shared cores a second OpenMP thread only adds contention (10-20x slower here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # (tokens without padding incl. SEP/CLS, label) per row; a group is a list of rows.
