@@ -139,12 +139,9 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
     config.validate()
     start = time.perf_counter()
     if reranker is None:
-        from cross_encoder.reranker import Reranker, resolve_dtype
+        from cross_encoder.reranker import Reranker
 
-        reranker = Reranker.from_pretrained(config.model_file, config.adapter, device=config.device,
-                                            dtype=resolve_dtype(config.precision, config.device),
-                                            batch_size=config.batch_size, max_length=config.max_length,
-                                            max_batch_tokens=config.max_batch_tokens)
+        reranker = Reranker.from_flags(config)
     load_s = time.perf_counter() - start
 
     reader = LineReader(config.input_file)

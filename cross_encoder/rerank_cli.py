@@ -100,12 +100,9 @@ def main(config: RerankConfig, reranker=None) -> dict[str, Any]:
         raise FileNotFoundError(f"--input_file {config.input_file} not found; pass a jsonl of "
                                 '{"query": ..., "documents": [...]} lines')
     if reranker is None:
-        from cross_encoder.reranker import Reranker, resolve_dtype
+        from cross_encoder.reranker import Reranker
 
-        reranker = Reranker.from_pretrained(config.model_file, config.adapter, device=config.device,
-                                            dtype=resolve_dtype(config.precision, config.device),
-                                            batch_size=config.batch_size, max_length=config.max_length,
-                                            max_batch_tokens=config.max_batch_tokens)
+        reranker = Reranker.from_flags(config)
     start = time.perf_counter()
     reader = LineReader(config.input_file)
     skipped: collections.Counter = collections.Counter()

@@ -24,38 +24,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cross_encoder.train_runtime import default_dtype, resolve_device, resolve_dtype
 from long_ctx.stage2 import build_row
 
 DEFAULT_BATCH_SIZE = 32
 # Upper bound on documents x padded suffix length per forward pass; keeps activation memory flat
 # for long documents (the FFN alone holds batch x tokens x 3.5 n_embd floats).
 DEFAULT_MAX_BATCH_TOKENS = 32_768
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; a clear error when CUDA is asked for but absent."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is visible; pass --device cpu")
-    return device
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 matmuls are slow there), bf16 on GPU (what the model was trained in)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def resolve_dtype(precision: str, device: str | torch.device) -> torch.dtype:
-    """--precision auto|fp32|bf16 -> a torch dtype (auto: fp32 on CPU, bf16 on CUDA)."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto":
-        return default_dtype(resolve_device(device))
-    raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
 
 
 class Reranker:
@@ -86,6 +61,14 @@ class Reranker:
 
             tokenizer = get_tokenizer()
         self.tokenizer = tokenizer
+
+    @classmethod
+    def from_flags(cls, flags) -> "Reranker":
+        """Load from the evaluate/rerank scripts' config (see cross_encoder.cli_flags)."""
+        return cls.from_pretrained(flags.model_file, flags.adapter, device=flags.device,
+                                   dtype=resolve_dtype(flags.precision, flags.device),
+                                   batch_size=flags.batch_size, max_length=flags.max_length,
+                                   max_batch_tokens=flags.max_batch_tokens)
 
     @classmethod
     def from_pretrained(cls, model_file: str | Path, adapter_dir: str | Path, device: str | torch.device = "cpu",

@@ -54,6 +54,33 @@ class Runtime:
         return out
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; a clear error when CUDA is asked for but absent."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but CUDA is not available (no GPU, or a CPU-only "
+                         "torch build); use --device cpu, or install a CUDA build of torch")
+    return device
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are slow there), bf16 on GPU (what the model was trained in)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """--precision auto|fp32|bf16 -> a torch dtype (auto: fp32 on CPU, bf16 on CUDA)."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        return default_dtype(resolve_device(device))
+    raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+
+
 def _launched_by_torchrun() -> bool:
     # torchrun's launch protocol (not user configuration): it exports these for each process.
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
@@ -61,10 +88,7 @@ def _launched_by_torchrun() -> bool:
 
 def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """Pick the device and precision; join the process group when started by torchrun."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but CUDA is not available (no GPU, or a CPU-only "
-                           "torch build); use --device cpu, or install a CUDA build of torch")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device).type == "cuda"
     rt = Runtime(device=torch.device("cuda" if use_cuda else "cpu"))
     if _launched_by_torchrun():
         rt.distributed = True
