@@ -19,9 +19,8 @@ def ordered_imap(
     items: Iterable[T],
     num_proc: int,
     max_in_flight: int | None = None,
-    initializer: Callable[..., None] | None = None,
+    initializer: Callable[[], None] | None = None,
     preload: list[str] | None = None,
-    initargs: tuple = (),
 ) -> Iterator[R]:
     """Yield fn(item) for every item, in order, using `num_proc` processes (1: in this process).
 
@@ -35,7 +34,7 @@ def ordered_imap(
         raise ValueError(f"num_proc must be >= 1, got {num_proc}")
     if num_proc == 1:
         if initializer is not None:
-            initializer(*initargs)
+            initializer()
         for item in items:
             yield fn(item)
         return
@@ -48,7 +47,7 @@ def ordered_imap(
         # Only takes effect if this process has not started its fork server yet; workers then
         # still work, the initializer just repeats the set-up in each of them.
         ctx.set_forkserver_preload(preload)
-    with ctx.Pool(num_proc, initializer=initializer, initargs=initargs) as pool:
+    with ctx.Pool(num_proc, initializer=initializer) as pool:
         pending: collections.deque = collections.deque()
         for item in items:
             pending.append(pool.apply_async(fn, (item,)))

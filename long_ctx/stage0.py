@@ -8,6 +8,7 @@ bytes do not depend on the number of workers.
 from __future__ import annotations
 
 import collections
+import multiprocessing
 import os
 import sys
 import time
@@ -25,7 +26,6 @@ from long_ctx.codepoints import JoinedDocs
 from long_ctx.negatives import STRATEGIES, negative_candidates, select_negatives
 from long_ctx.nq_format import SkipRecord, parse_line
 from long_ctx.nq_reader import InputFileError, LineReader
-from long_ctx.ordered_pool import ordered_imap
 
 # A task sent to a worker is up to BATCH_LINES lines or BATCH_BYTES of input: big enough to
 # amortise IPC, small enough to balance. At most TASKS_IN_FLIGHT_PER_WORKER tasks per worker
@@ -116,27 +116,41 @@ def _process_batch(batch: list[tuple[int, bytes]]) -> list[Result]:
     return [process_line(n, line, _worker_cfg) for n, line in batch]
 
 
-def _batches(lines: Iterable[tuple[int, bytes]]) -> Iterator[list[tuple[int, bytes]]]:
-    """Worker tasks: up to BATCH_LINES lines, cut early once they hold BATCH_BYTES of input."""
+def _batches(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
+    """(batch, its size in bytes)."""
     batch: list[tuple[int, bytes]] = []
     size = 0
     for item in lines:
         batch.append(item)
         size += len(item[1])
         if len(batch) == BATCH_LINES or size >= BATCH_BYTES:
-            yield batch
+            yield batch, size
             batch, size = [], 0
     if batch:
-        yield batch
+        yield batch, size
 
 
 def _results(lines: Iterable[tuple[int, bytes]], cfg: Stage0Config, workers: int) -> Iterator[Result]:
-    # Memory stays flat: each task is at most ~BATCH_BYTES of input, and at most
-    # IN_FLIGHT_BYTES worth of tasks are outstanding; results come back in input order.
-    in_flight = max(1, min(workers * TASKS_IN_FLIGHT_PER_WORKER, IN_FLIGHT_BYTES // BATCH_BYTES))
-    for results in ordered_imap(_process_batch, _batches(lines), workers, max_in_flight=in_flight,
-                                initializer=_init_worker, initargs=(cfg,), preload=["long_ctx.stage0"]):
-        yield from results
+    if workers == 1:
+        for n, line in lines:
+            yield process_line(n, line, cfg)
+        return
+    # Pool.imap would read the whole input ahead of the workers; a bounded window of
+    # apply_async tasks keeps memory flat and yields results in submission (= input) order.
+    with multiprocessing.get_context().Pool(workers, _init_worker, (cfg,)) as pool:
+        window: collections.deque = collections.deque()  # (async result, input bytes)
+        in_flight = 0
+        for batch, size in _batches(lines):
+            window.append((pool.apply_async(_process_batch, (batch,)), size))
+            in_flight += size
+            while window and (
+                len(window) >= workers * TASKS_IN_FLIGHT_PER_WORKER or in_flight > IN_FLIGHT_BYTES
+            ):
+                done, done_size = window.popleft()
+                in_flight -= done_size
+                yield from done.get()
+        while window:
+            yield from window.popleft()[0].get()
 
 
 def _limited(reader: LineReader, limit: int | None) -> Iterator[tuple[int, bytes]]:
