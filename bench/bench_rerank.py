@@ -25,11 +25,11 @@ import time
 import numpy as np
 import torch
 
-from cross_encoder.reranker import Reranker
+from cross_encoder.modeling import CrossEncoder
 from cross_encoder.rwkv5 import make_config, random_rwkv5
-from cross_encoder.scorer import CrossEncoder
-from long_ctx.nq_format import parse_line
-from long_ctx.nq_reader import iter_lines
+from cross_encoder.serving.reranker import Reranker
+from long_ctx.common.line_reader import iter_lines
+from long_ctx.stage0.nq_format import parse_line
 from long_ctx.world_tokenizer import get_tokenizer
 
 SAMPLE = "data/nq_sample.jsonl.zst"

@@ -28,14 +28,14 @@ from pathlib import Path
 import rank_bm25
 import zstandard
 
-from long_ctx.nq_format import SkipRecord, parse_text
+from long_ctx.stage0.nq_format import SkipRecord, parse_text
 
 OUT = Path(__file__).resolve().parent / "out"
 _WORD = re.compile(r"\w+")  # same definition as stage 0's `words`: match, then lowercase
 
 
 def make_input(records: int, seed: int) -> Path:
-    from long_ctx.synthetic_nq import generate, to_json_line
+    from long_ctx.stage0.synthetic_nq import generate, to_json_line
 
     path = OUT / f"bench_{records}_{seed}.jsonl.zst"
     if not path.exists():
@@ -79,7 +79,7 @@ def cpu_seconds() -> float:
 
 
 def child(args) -> None:
-    from long_ctx.stage0 import Stage0Config, main
+    from long_ctx.stage0.driver import Stage0Config, main
 
     start, cpu0 = time.perf_counter(), cpu_seconds()
     if args.child == "reference":
@@ -98,8 +98,8 @@ def negatives_by_line(path: Path) -> dict:
 
 def interleaved(inp: Path, n_records: int, rounds: int = 5, chunk: int = 10) -> tuple[float, float]:
     """CPU ms per record (reference, stage 0), best of `rounds` per chunk, chunks alternating."""
-    from long_ctx.nq_reader import iter_lines
-    from long_ctx.stage0 import Stage0Config, process_line
+    from long_ctx.common.line_reader import iter_lines
+    from long_ctx.stage0.driver import Stage0Config, process_line
 
     lines = [line for _, (_, line) in zip(range(n_records), iter_lines(inp))]
     cfg = Stage0Config(str(inp), "unused", progress=False)

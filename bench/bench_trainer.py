@@ -55,8 +55,8 @@ def write_rows(out: Path, n_groups: int, doc_len: tuple[int, int, int], seed: in
 
 
 def run(model: Path, ds: Path, out: Path, steps: int, bs: int, **kw) -> dict:
-    from cross_encoder.train_config import TrainConfig
-    from cross_encoder.trainer import main
+    from cross_encoder.training.config import TrainConfig
+    from cross_encoder.training.trainer import main
 
     cfg = TrainConfig(model_file=str(model), ds_dir=str(ds), output_dir=str(out), ctx_len=L, bs=bs,
                       max_steps=steps, lora_r=8, lora_alpha=16, eval_fraction=0.0, save_every=0,

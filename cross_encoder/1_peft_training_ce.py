@@ -7,9 +7,9 @@ Resume:           add --lora_ckpt OUT (the newest checkpoint there is continued;
 
 Every flag and its help text is defined next to its field in cross_encoder/train_config.py.
 """
-from cross_encoder.train_config import config_from_args
-from cross_encoder.trainer import main
-from long_ctx.cli_errors import run_cli
+from cross_encoder.training.config import config_from_args
+from cross_encoder.training.trainer import main
+from long_ctx.common.cli_errors import run_cli
 
 if __name__ == "__main__":
     run_cli(main, config_from_args(description=__doc__))

@@ -2,8 +2,8 @@
 import argparse
 
 from cross_encoder.cli_flags import add_model_flags, add_scoring_flags
-from cross_encoder.rerank_cli import RerankConfig, main
-from long_ctx.cli_errors import run_cli
+from cross_encoder.serving.rerank_cli import RerankConfig, main
+from long_ctx.common.cli_errors import run_cli
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

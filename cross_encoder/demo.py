@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from long_ctx.atomic import atomic_file, write_json
-from long_ctx.nq_reader import iter_lines
+from long_ctx.common.atomic import atomic_file, write_json
+from long_ctx.common.line_reader import iter_lines
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "nq_sample.jsonl.zst"
@@ -205,7 +205,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
         eval_args += ["--max_docs", size.max_docs]
     runner.run("evaluation on the held-out records, cross-encoder vs BM25", eval_args)
 
-    from cross_encoder.eval_report import format_table
+    from cross_encoder.evaluation.report import format_table
 
     res = orjson.loads(results.read_bytes())
     plots = {"stage 1 token lengths": stage1 / "token_lengths.png", "stage 2 row lengths": stage2 / "row_lengths.png",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import zstandard
 
-from long_ctx.atomic import atomic_file
-from long_ctx.synthetic_nq import broken_lines, generate, to_json_line
+from long_ctx.common.atomic import atomic_file
+from long_ctx.stage0.synthetic_nq import broken_lines, generate, to_json_line
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,8 +1,8 @@
 """Stage 0: NQ multi-document rows (.jsonl.zst or .jsonl) -> question/positive/negative jsonl."""
 import argparse
 
-from long_ctx.cli_errors import run_cli
-from long_ctx.stage0 import Stage0Config, main, print_summary
+from long_ctx.common.cli_errors import run_cli
+from long_ctx.stage0.driver import Stage0Config, main, print_summary
 
 
 def parse_args(argv=None) -> Stage0Config:

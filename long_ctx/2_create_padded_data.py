@@ -1,7 +1,7 @@
 """Stage 2: stage-1 token ids -> fixed-length rows `question [SEP] document [CLS] PAD...` (see README.md)."""
 import argparse
 
-from long_ctx.cli_errors import run_cli
+from long_ctx.common.cli_errors import run_cli
 from long_ctx.stage2 import Stage2Config, main
 
 if __name__ == "__main__":

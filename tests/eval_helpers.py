@@ -62,8 +62,8 @@ def trained_adapter(work: Path, model_file: Path, max_length: int = 48, seed: in
     tiny after 2 steps) so the adapter clearly changes the trunk. Returns the final/ folder."""
     from safetensors.torch import load_file, save_file
 
-    from cross_encoder.train_config import TrainConfig
-    from cross_encoder.trainer import main
+    from cross_encoder.training.config import TrainConfig
+    from cross_encoder.training.trainer import main
 
     ds = toy_padded_dataset(work / "toy_ds", max_length)
     out = work / "train"
@@ -82,7 +82,7 @@ def trained_adapter(work: Path, model_file: Path, max_length: int = 48, seed: in
 
 def sample_lines(n: int) -> list[bytes]:
     """The first n raw lines of the bundled sample."""
-    from long_ctx.nq_reader import iter_lines
+    from long_ctx.common.line_reader import iter_lines
 
     out = []
     for _, line in iter_lines(SAMPLE):

@@ -1,4 +1,4 @@
-"""Independent oracles for the stage-0 tests (no code from long_ctx.bm25 / nq_format)."""
+"""Independent oracles for the stage-0 tests (no code from long_ctx.stage0.bm25 / nq_format)."""
 from __future__ import annotations
 
 import re

@@ -6,10 +6,10 @@ import sys
 
 import orjson
 import pytest
+from eval_helpers import REPO, SAMPLE
 
 from cross_encoder.demo import SIZES, DemoConfig, DemoError, clear_training_output, main, split_sample
-from eval_helpers import REPO, SAMPLE
-from long_ctx.nq_reader import iter_lines
+from long_ctx.common.line_reader import iter_lines
 
 
 def test_split_is_disjoint_seeded_and_keeps_lines(tmp_path):

@@ -7,13 +7,15 @@ import sys
 import numpy as np
 import orjson
 import pytest
+from eval_helpers import BROKEN, REPO, sample_lines, shared_assets, stub_ce_config
 from rank_bm25 import BM25Okapi
 
-from cross_encoder.evaluation import EvalConfig, main as evaluate
-from cross_encoder.reranker import Reranker
-from cross_encoder.rerank_cli import RerankConfig, main as rerank
-from eval_helpers import BROKEN, REPO, sample_lines, shared_assets, stub_ce_config
-from long_ctx.nq_format import SkipRecord, parse_line
+from cross_encoder.evaluation.evaluator import EvalConfig
+from cross_encoder.evaluation.evaluator import main as evaluate
+from cross_encoder.serving.rerank_cli import RerankConfig
+from cross_encoder.serving.rerank_cli import main as rerank
+from cross_encoder.serving.reranker import Reranker
+from long_ctx.stage0.nq_format import SkipRecord, parse_line
 
 EVAL_SCRIPT = REPO / "cross_encoder" / "2_evaluate_ce.py"
 RERANK_SCRIPT = REPO / "cross_encoder" / "3_rerank.py"

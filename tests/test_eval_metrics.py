@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cross_encoder.ranking_metrics import (bucket_order, gold_rank, ndcg, pool_size_bucket, position_third, recall,
-                                           reciprocal_rank, summarize)
+from cross_encoder.evaluation.ranking_metrics import (bucket_order, gold_rank, ndcg, pool_size_bucket, position_third,
+                                                      recall, reciprocal_rank, summarize)
 
 
 def test_gold_rank_by_hand():

@@ -2,13 +2,11 @@
 import numpy as np
 import pytest
 import torch
-
-from cross_encoder.reranker import Reranker
-from cross_encoder.scorer import load_cross_encoder
 from eval_helpers import CLS, PAD, SEP, shared_assets
+
+from cross_encoder.modeling import load_cross_encoder
+from cross_encoder.serving.reranker import Reranker
 from long_ctx.world_tokenizer import trie_tokenizer
-
-
 
 
 @pytest.fixture(scope="module")

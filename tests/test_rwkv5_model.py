@@ -1,11 +1,10 @@
 """RWKV-5 model: logits against ChatRWKV's `rwkv` pip package, state reuse, save/load, checkpointing."""
 import pytest
 import torch
-
-from cross_encoder.rwkv5 import (RWKV5Config, expand_state, load_rwkv5, save_rwkv5,
-                                 write_random_checkpoint)
-from cross_encoder.rwkv5.checkpoint import config_from_state_dict
 from rwkv5_helpers import perturbed_checkpoint, pip_rwkv_class
+
+from cross_encoder.rwkv5 import RWKV5Config, expand_state, load_rwkv5, save_rwkv5, write_random_checkpoint
+from cross_encoder.rwkv5.checkpoint import config_from_state_dict
 
 VOCAB = 300
 

@@ -1,9 +1,9 @@
 """WKV kernels: reference recurrence and chunked form against the O(T^2) definition and each other."""
 import pytest
 import torch
+from rwkv5_helpers import naive_wkv, random_wkv_inputs
 
 from cross_encoder.rwkv5.ops import fused_available, wkv5, wkv5_chunked, wkv5_fused, wkv5_reference
-from rwkv5_helpers import naive_wkv, random_wkv_inputs
 
 SHAPES = [  # (B, T, H, N, chunk_len)
     (2, 1, 2, 16, 64),

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from long_ctx import term_index
-from long_ctx.bm25 import bm25_scores, index_documents, rank_documents, tokenize_whitespace, tokenize_words
-
 from stage0_helpers import ref_scores, ref_whitespace, ref_words
+
+from long_ctx.stage0.bm25 import (bm25_scores, index_documents, rank_documents, term_index, tokenize_whitespace,
+                                  tokenize_words)
 
 # Characters where Unicode subtleties bite: case mappings that change length or need context
 # (İ, Σ), non-ASCII lowercasing to ASCII (Kelvin sign), marks that are not \w, digits and

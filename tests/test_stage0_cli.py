@@ -5,11 +5,10 @@ from pathlib import Path
 import orjson
 import pytest
 import zstandard
-
-from long_ctx.stage0 import Stage0Config, main
-from long_ctx.synthetic_nq import broken_lines, generate
-
 from stage0_helpers import ref_negatives, ref_scores
+
+from long_ctx.stage0.driver import Stage0Config, main
+from long_ctx.stage0.synthetic_nq import broken_lines, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "nq_sample.jsonl.zst"

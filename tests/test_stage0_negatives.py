@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from long_ctx.negatives import documents_containing, negative_candidates, select_negatives
-from long_ctx.nq_format import SkipRecord
-
 from stage0_helpers import ref_negatives
+
+from long_ctx.stage0.negatives import documents_containing, negative_candidates, select_negatives
+from long_ctx.stage0.nq_format import SkipRecord
 
 DOCS = ["Gold text", "about paris", "PARIS again", "nothing", "other", "Paris", "more"]
 
@@ -67,7 +66,7 @@ def test_documents_containing_equals_python(docs, answer):
 
 def test_only_listed_characters_lowercase_to_ascii():
     # The ASCII fast path of the answer filter relies on this list being complete.
-    from long_ctx.negatives import TO_ASCII_LOWER
+    from long_ctx.stage0.negatives import TO_ASCII_LOWER
 
     found = [chr(c) for c in range(128, 0x110000) if any(ord(x) < 128 for x in chr(c).lower())]
     assert sorted(found) == sorted(TO_ASCII_LOWER)

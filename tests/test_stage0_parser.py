@@ -5,12 +5,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-from long_ctx.nq_format import SKIP_REASONS, NQRecord, SkipRecord, parse_line, parse_text
-from long_ctx.nq_reader import iter_lines
-from long_ctx.synthetic_nq import broken_lines, generate
-
 from stage0_helpers import ref_render
+
+from long_ctx.common.line_reader import iter_lines
+from long_ctx.stage0.nq_format import SKIP_REASONS, NQRecord, SkipRecord, parse_line, parse_text
+from long_ctx.stage0.synthetic_nq import broken_lines, generate
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -1,7 +1,7 @@
 import pytest
 import zstandard
 
-from long_ctx.nq_reader import InputFileError, LineReader, iter_lines
+from long_ctx.common.line_reader import InputFileError, LineReader, iter_lines
 
 PAYLOAD = b'{"a": 1}\n\n{"b": "x\\ny"}\r\nlast line without newline'
 

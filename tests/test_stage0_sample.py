@@ -2,9 +2,9 @@ from pathlib import Path
 
 import zstandard
 
-from long_ctx.nq_reader import iter_lines
-from long_ctx.nq_format import parse_line
-from long_ctx.synthetic_nq import generate, to_json_line
+from long_ctx.common.line_reader import iter_lines
+from long_ctx.stage0.nq_format import parse_line
+from long_ctx.stage0.synthetic_nq import generate, to_json_line
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "nq_sample.jsonl.zst"
 

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from datasets import load_dataset
+from stage12_helpers import make_records, write_jsonl
 
 from long_ctx.stage1 import Stage1Config, main
 from long_ctx.world_tokenizer import trie_tokenizer
-from stage12_helpers import make_records, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 ID_COLUMNS = ["question", "answer", "long_answer", "positive", "negative"]

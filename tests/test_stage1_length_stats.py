@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from long_ctx.length_stats import LengthCounter
+from long_ctx.common.lengths import LengthCounter
 
 
 @settings(max_examples=60, deadline=None)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stage12_helpers import TRICKY_STRINGS
 
 from long_ctx.world_tokenizer import VOCAB_ENTRIES, get_tokenizer, trie_tokenizer, vocab_path
-from stage12_helpers import TRICKY_STRINGS
 
 
 def test_encode_matches_trie_on_tricky_corpus():

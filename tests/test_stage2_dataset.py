@@ -10,13 +10,13 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
+from stage12_helpers import make_records, write_jsonl
 
 from long_ctx.stage1 import Stage1Config
 from long_ctx.stage1 import main as stage1
 from long_ctx.stage2 import Stage2Config
 from long_ctx.stage2 import main as stage2
 from long_ctx.world_tokenizer import trie_tokenizer
-from stage12_helpers import make_records, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SEP, CLS, PAD = 65531, 65530, 65535  # outside the vocab, so SEP/CLS are unique in every row

@@ -5,10 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cross_encoder.padded_data import (GroupSpans, collate, group_spans, load_padded_dataset, plan_epoch,
-                                       plan_eval, shard_for_rank, split_groups)
 from trainer_helpers import CLS, PAD, toy_groups, write_padded_dataset
+
+from cross_encoder.training.data import (GroupSpans, collate, group_spans, load_padded_dataset, plan_epoch, plan_eval,
+                                         shard_for_rank, split_groups)
 
 
 def test_load_keeps_exactly_the_real_tokens(tmp_path):

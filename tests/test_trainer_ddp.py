@@ -11,11 +11,10 @@ import sys
 import orjson
 import torch
 from safetensors.torch import load_file
-
-from cross_encoder.train_config import TrainConfig
-from cross_encoder.trainer import main
 from trainer_helpers import REPO, tiny_model, toy_dataset
 
+from cross_encoder.training.config import TrainConfig
+from cross_encoder.training.trainer import main
 
 
 def test_torchrun_two_process_gloo_matches_single_process(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cross_encoder.losses import LOSSES, bce_loss, get_loss, grouped_loss, mse_loss
+from cross_encoder.training.losses import LOSSES, bce_loss, get_loss, grouped_loss, mse_loss
 
 
 def test_bce_and_mse_match_formulas():

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import mannwhitneyu
 
-from cross_encoder.metrics import accuracy, all_metrics, group_top1_accuracy, pairwise_accuracy, roc_auc
+from cross_encoder.training.metrics import accuracy, all_metrics, group_top1_accuracy, pairwise_accuracy, roc_auc
 
 # Small integer-valued scores make ties frequent, which is where AUC bugs hide.
 scores_st = st.lists(st.integers(-3, 3), min_size=1, max_size=30)

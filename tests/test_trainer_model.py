@@ -2,14 +2,13 @@
 import numpy as np
 import pytest
 import torch
-
-from cross_encoder.losses import LOSSES, get_loss
-from cross_encoder.padded_data import collate, load_padded_dataset
-from cross_encoder.rwkv5 import expand_state, load_rwkv5
-from cross_encoder.scorer import CrossEncoder, attach_lora, load_cross_encoder, make_lora_config
-from cross_encoder.train_checkpoints import save_checkpoint
 from trainer_helpers import SEP, tiny_model, toy_dataset
 
+from cross_encoder.modeling import CrossEncoder, attach_lora, load_cross_encoder, make_lora_config
+from cross_encoder.rwkv5 import expand_state, load_rwkv5
+from cross_encoder.training.checkpoints import save_checkpoint
+from cross_encoder.training.data import collate, load_padded_dataset
+from cross_encoder.training.losses import LOSSES, get_loss
 
 
 @pytest.fixture(scope="module")

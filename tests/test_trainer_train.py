@@ -8,12 +8,12 @@ import orjson
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from cross_encoder.losses import LOSSES
-from cross_encoder.scorer import load_cross_encoder
-from cross_encoder.train_config import TrainConfig
-from cross_encoder.trainer import lr_lambda, main
 from trainer_helpers import REPO, tiny_model, toy_dataset
+
+from cross_encoder.modeling import load_cross_encoder
+from cross_encoder.training.config import TrainConfig
+from cross_encoder.training.losses import LOSSES
+from cross_encoder.training.trainer import lr_lambda, main
 
 SCRIPT = REPO / "cross_encoder" / "1_peft_training_ce.py"
 
@@ -96,7 +96,7 @@ def test_cli_fresh_lora_ckpt_then_kill_and_resume_reaches_uninterrupted_weights(
     code = textwrap.dedent(f"""
         import os, runpy, signal, sys, torch
         torch.set_num_threads(1)
-        import cross_encoder.trainer as t
+        import cross_encoder.training.trainer as t
         real_main = t.main
         def kill(step):
             if step == 5:

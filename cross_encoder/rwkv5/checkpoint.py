@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from long_ctx.atomic import atomic_file
+from long_ctx.common.atomic import atomic_file
 
 from .model import RWKV5, RWKV5Config
 

@@ -1,0 +1,196 @@
+"""Evaluate a trained cross-encoder against BM25 on the raw NQ 10-200-document pools: `main(EvalConfig)`.
+
+For every question of the raw file (stage 0's reader and parser; bad lines are counted by reason
+and skipped) both systems rank the same pool — all its documents, or the first `max_docs`:
+
+* the cross-encoder scores each (question, document) in the training row format
+  (`cross_encoder.serving.reranker.Reranker`, special ids from the adapter's config);
+* BM25 scores with stage 0's implementation and tokenizer (`long_ctx.stage0.bm25`).
+
+Both rank by descending score, ties to the lower document number, and are summarised by the gold
+document's rank (`cross_encoder.evaluation.ranking_metrics`): overall, by the third of the pool the gold sits
+in (first / middle / last: "lost in the middle") and by pool size. Results go to a JSON file, a
+printed table and a PNG bar chart (`cross_encoder.evaluation.report`).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+from tqdm import tqdm
+
+from cross_encoder.evaluation.ranking_metrics import (THIRDS, bucket_order, gold_rank, pool_size_bucket, position_third,
+                                                      summarize)
+from long_ctx.common.atomic import atomic_file, write_json
+from long_ctx.common.line_reader import LineReader
+from long_ctx.common.ordered_pool import chunked
+from long_ctx.stage0.bm25 import bm25_scores
+from long_ctx.stage0.nq_format import NQRecord, SkipRecord, parse_line
+
+SYSTEMS = ("cross_encoder", "bm25")
+#: Skip reasons the evaluator adds to the parser's (`long_ctx.stage0.nq_format.SKIP_REASONS`).
+EVAL_SKIP_REASONS = {
+    "gold_beyond_max_docs": "the gold document is not among the first --max_docs documents",
+}
+
+
+@dataclass
+class EvalConfig:
+    model_file: str
+    adapter: str
+    input_file: str
+    limit: int | None = None  # input lines read at most
+    max_docs: int | None = None  # rank only the first K documents of each pool
+    output_json: str = "eval_results.json"
+    output_plot: str | None = None  # default: output_json with .png
+    per_question: str | None = None  # optional jsonl with each question's gold ranks
+    batch_size: int = 32
+    max_batch_tokens: int = 32_768
+    question_batch: int = 16  # questions whose documents share forward passes
+    max_length: int | None = None  # default: the training rows' max_length
+    device: str = "auto"
+    precision: str = "auto"
+    bm25_tokenizer: str = "words"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise ValueError(f"--max_docs must be >= 1, got {self.max_docs}")
+        if self.question_batch < 1:
+            raise ValueError(f"--question_batch must be >= 1, got {self.question_batch}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not Path(self.input_file).is_file():
+            raise FileNotFoundError(f"--input_file {self.input_file} not found; pass the raw NQ .jsonl.zst or .jsonl")
+        if not Path(self.model_file).is_file():
+            raise FileNotFoundError(f"--model_file {self.model_file} not found; pass the base RWKV-5 .pth "
+                                    "the adapter was trained on")
+
+    def plot_path(self) -> Path:
+        return Path(self.output_plot) if self.output_plot else Path(self.output_json).with_suffix(".png")
+
+
+@dataclass
+class QuestionResult:
+    line_number: int
+    pool_size: int
+    gold_index: int  # 0-based
+    ranks: dict[str, int]  # system -> 1-based gold rank
+
+
+def iter_pools(reader: LineReader, limit: int | None, max_docs: int | None,
+               skipped: collections.Counter) -> Iterator[tuple[int, NQRecord]]:
+    """(line number, record with its pool cut to max_docs) for every usable line; counts skips."""
+    for line_number, line in reader:
+        if limit is not None and line_number >= limit:
+            break
+        try:
+            record = parse_line(line)
+        except SkipRecord as exc:
+            skipped[exc.reason] += 1
+            continue
+        if max_docs is not None and len(record.documents) > max_docs:
+            if record.gold_id > max_docs:
+                skipped["gold_beyond_max_docs"] += 1
+                continue
+            record.documents = record.documents[:max_docs]
+        yield line_number, record
+
+
+def breakdown(results: list[QuestionResult], system: str) -> dict[str, Any]:
+    """Overall metrics of one system plus its breakdowns by gold position third and pool size."""
+    by_third: dict[str, list[int]] = {t: [] for t in THIRDS}
+    by_size: dict[str, list[int]] = collections.defaultdict(list)
+    for r in results:
+        by_third[position_third(r.gold_index, r.pool_size)].append(r.ranks[system])
+        by_size[pool_size_bucket(r.pool_size)].append(r.ranks[system])
+    return {
+        **summarize(r.ranks[system] for r in results),
+        "by_gold_position": {t: summarize(by_third[t]) for t in THIRDS},
+        "by_pool_size": {b: summarize(by_size[b]) for b in bucket_order(by_size)},
+    }
+
+
+def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
+    """Evaluate; writes the JSON and PNG, prints the table and returns the results dict.
+
+    `reranker` (a `cross_encoder.serving.reranker.Reranker`) skips loading one from model_file/adapter.
+    """
+    from cross_encoder.evaluation.report import format_table, plot_results
+
+    config.validate()
+    start = time.perf_counter()
+    if reranker is None:
+        from cross_encoder.serving.reranker import Reranker
+
+        reranker = Reranker.from_flags(config)
+    load_s = time.perf_counter() - start
+
+    reader = LineReader(config.input_file)
+    skipped: collections.Counter = collections.Counter()
+    results: list[QuestionResult] = []
+    seconds = {s: 0.0 for s in SYSTEMS}
+    docs_scored = 0
+    with contextlib.ExitStack() as stack:
+        # The per-question file appears only if the whole run succeeds.
+        fh = stack.enter_context(atomic_file(config.per_question, "wb")) if config.per_question else None
+        bar = stack.enter_context(tqdm(total=reader.input_size, unit="B", unit_scale=True, desc="evaluating",
+                                       disable=not config.progress))
+        for chunk in chunked(iter_pools(reader, config.limit, config.max_docs, skipped), config.question_batch):
+            t0 = time.perf_counter()
+            bm25 = [bm25_scores(rec.documents, rec.question, config.bm25_tokenizer) for _, rec in chunk]
+            t1 = time.perf_counter()
+            ce = reranker.score_many([(rec.question, rec.documents) for _, rec in chunk])
+            seconds["bm25"] += t1 - t0
+            seconds["cross_encoder"] += time.perf_counter() - t1
+            for (line_number, rec), ce_scores, bm25_pool in zip(chunk, ce, bm25):
+                gold = rec.gold_id - 1
+                res = QuestionResult(line_number, len(rec.documents), gold,
+                                     {"cross_encoder": gold_rank(ce_scores, gold), "bm25": gold_rank(bm25_pool, gold)})
+                results.append(res)
+                docs_scored += res.pool_size
+                if fh:
+                    fh.write(orjson.dumps({"line_number": line_number, "pool_size": res.pool_size,
+                                           "gold_id": rec.gold_id, "gold_rank": res.ranks,
+                                           "cross_encoder_scores": ce_scores}) + b"\n")
+            bar.update(reader.input_bytes - bar.n)
+            bar.set_postfix(questions=len(results), refresh=False)
+        if not results:  # raised inside the stack: no per-question file is left behind
+            reasons = ", ".join(f"{k} {v}" for k, v in skipped.items()) or "the file has no lines"
+            raise ValueError(f"no question of {config.input_file} could be evaluated ({reasons}); "
+                             "pass the raw NQ multi-document file (the input of stage 0)")
+
+    elapsed = time.perf_counter() - start
+    out: dict[str, Any] = {s: breakdown(results, s) for s in SYSTEMS}
+    out.update({
+        "num_questions": len(results),
+        "lines_read": len(results) + sum(skipped.values()),
+        "skipped": dict(sorted(skipped.items())),
+        "documents_scored": docs_scored,
+        "pool_size": {"min": min(r.pool_size for r in results), "max": max(r.pool_size for r in results),
+                      "mean": round(docs_scored / len(results), 2)},
+        "model": {"model_file": str(config.model_file), "adapter": str(config.adapter),
+                  "max_length": reranker.max_length, "sep_token_id": reranker.sep,
+                  "cls_token_id": reranker.cls, "pad_token_id": reranker.pad,
+                  "device": str(reranker.device), "step": reranker.ce_config.get("step")},
+        "timing": {"load_s": round(load_s, 3), "cross_encoder_s": round(seconds["cross_encoder"], 3),
+                   "bm25_s": round(seconds["bm25"], 3), "elapsed_s": round(elapsed, 3),
+                   "cross_encoder_docs_per_s": round(docs_scored / max(seconds["cross_encoder"], 1e-9), 1)},
+        "config": dataclasses.asdict(config),
+        "output_json": str(config.output_json),
+        "output_plot": str(config.plot_path()),
+    })
+    if config.per_question:
+        out["per_question"] = str(config.per_question)
+    plot_results(out, config.plot_path())
+    write_json(config.output_json, out)
+    print(format_table(out))
+    return out

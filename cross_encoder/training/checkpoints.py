@@ -1,0 +1,71 @@
+"""Checkpoint folders of the trainer: save atomically, load the training state, rotate.
+
+What a checkpoint folder holds and how one is found is `cross_encoder.modeling.adapter_dirs`.
+Folders appear under their final name only once complete (`long_ctx.common.atomic.atomic_dir`),
+so any folder with a checkpoint name can be trusted after a crash.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cross_encoder.modeling.adapter_dirs import (  # noqa: F401
+    ADAPTER_FILES,
+    CE_CONFIG_NAME,
+    CHECKPOINT_RE,
+    FINAL_NAME,
+    STATE_NAME,
+    checkpoint_step,
+    is_checkpoint_dir,
+    list_checkpoints,
+    newest_checkpoint,
+)
+from long_ctx.common.atomic import atomic_dir, write_json
+
+# Leftovers of a process killed while writing/replacing/deleting a checkpoint (atomic_dir's temp
+# folder, a replaced copy, rotate_checkpoints' renamed folder).
+STALE_RE = re.compile(r"^\.(checkpoint-\d+|final)\..+")
+
+
+def save_checkpoint(path: str | Path, peft_model: Any, ce_config: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Write adapter + config + training state into `path` as one atomic folder."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        peft_model.save_pretrained(str(tmp))
+        write_json(tmp / CE_CONFIG_NAME, ce_config)
+        torch.save(state, tmp / STATE_NAME)
+    return path
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """The training state of a checkpoint folder (tensors on CPU)."""
+    return torch.load(Path(path) / STATE_NAME, map_location="cpu", weights_only=True)
+
+
+def rotate_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoint-<step>/ folders (keep <= 0: keep all)."""
+    if keep <= 0:
+        return []
+    removed = []
+    for _, p in list_checkpoints(folder)[:-keep]:
+        # Rename first so a crash mid-delete never leaves a half folder under a checkpoint name.
+        doomed = p.with_name(f".{p.name}.deleting")
+        p.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def remove_stale_dirs(folder: str | Path) -> int:
+    """Delete half-written checkpoint folders a killed run left behind; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if p.is_dir() and STALE_RE.match(p.name)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)

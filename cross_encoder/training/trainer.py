@@ -1,0 +1,425 @@
+"""LoRA training of the RWKV-5 cross-encoder: `main(TrainConfig)`.
+
+One optimizer step = `grad_accum` micro-batches of `bs` rows on every process (DDP under
+torchrun). Everything that decides what a step sees — the batch plan (seed, epoch), the
+position in it, the optimizer/scheduler state and the RNG — is saved in each checkpoint, so a
+killed run resumed from its newest checkpoint ends with the weights of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from cross_encoder.modeling import CrossEncoder, attach_lora, make_lora_config
+from cross_encoder.runtime import Runtime, maybe_no_sync, setup_runtime, teardown_runtime
+from cross_encoder.rwkv5 import load_rwkv5
+from cross_encoder.training.checkpoints import (FINAL_NAME, list_checkpoints, load_training_state, newest_checkpoint,
+                                                remove_stale_dirs, rotate_checkpoints, save_checkpoint)
+from cross_encoder.training.config import TrainConfig
+from cross_encoder.training.data import (BatchDataset, PaddedRows, collate, group_spans, load_padded_dataset,
+                                         plan_epoch, plan_eval, read_padding_meta, shard_for_rank, split_groups)
+from cross_encoder.training.log import MetricsWriter, plot_loss, truncate_metrics
+from cross_encoder.training.losses import ACCURACY_THRESHOLD, NEEDS_WHOLE_GROUPS, get_loss
+from cross_encoder.training.metrics import all_metrics
+from long_ctx.common.atomic import write_json
+
+STATE_FORMAT = 1
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """Multiplier of the peak LR after `step` scheduler steps: linear warmup, then cosine decay."""
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def _check_config(c: TrainConfig) -> None:
+    for name in ("model_file", "ds_dir", "output_dir"):
+        if not getattr(c, name):
+            raise ValueError(f"--{name} is required")
+    for name in ("bs", "grad_accum", "ctx_len", "lora_r", "log_every"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    for name in ("save_every", "eval_every", "save_total_limit", "warmup_steps", "num_workers"):
+        if getattr(c, name) < 0:
+            raise ValueError(f"--{name} must be >= 0")
+    if c.max_steps is not None and c.max_steps < 1:
+        raise ValueError("--max_steps must be at least 1")
+    if c.max_steps is None and c.epochs < 1:
+        raise ValueError("--epochs must be at least 1 (or pass --max_steps)")
+    if not Path(c.model_file).is_file():
+        raise FileNotFoundError(f"model file {c.model_file} not found; pass an RWKV-5 .pth (e.g. "
+                                "RWKV-5-World-0.4B-v2-20231113-ctx4096.pth) or make a tiny one with "
+                                "cross_encoder.rwkv5.write_random_checkpoint")
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, rt: Runtime, on_step: Callable[[int], None] | None):
+        self.c, self.rt, self.on_step = config, rt, on_step
+        self.out = Path(config.output_dir)
+        self.log = print if rt.is_main else (lambda *a, **k: None)
+
+    # ---------------------------------------------------------------- setup
+    def load_data(self) -> None:
+        c = self.c
+        read_padding_meta(c.ds_dir)  # its errors say how to build the dataset
+        self.rows: PaddedRows = load_padded_dataset(c.ds_dir, progress=self.rt.is_main)
+        if self.rows.n_rows == 0:
+            raise ValueError(f"{c.ds_dir} holds no rows")
+        longest = int(self.rows.lengths.max())
+        if longest > c.ctx_len:
+            raise ValueError(f"{c.ds_dir} has rows of up to {longest} real tokens but --ctx_len is {c.ctx_len}; "
+                             f"pass --ctx_len {longest} or more, or rebuild the rows with "
+                             f"long_ctx/2_create_padded_data.py --max_length {c.ctx_len} --is_truncate")
+        if not c.trim_batches and self.rows.max_length > c.ctx_len:
+            raise ValueError(f"--no-trim_batches feeds full {self.rows.max_length}-token rows but --ctx_len is "
+                             f"{c.ctx_len}; pass --ctx_len {self.rows.max_length} or keep trimming on")
+        self.spans = group_spans(self.rows)
+        self.train_groups, self.eval_groups = split_groups(self.spans.n_groups, c.eval_fraction, c.seed)
+        self.whole_groups = NEEDS_WHOLE_GROUPS[c.loss]
+        self.width = None if c.trim_batches else self.rows.max_length
+        eval_batches = plan_eval(self.spans, self.rows.lengths, self.eval_groups, c.eval_bs or c.bs)
+        self.eval_batches = eval_batches[self.rt.rank::self.rt.world_size]
+        self._plans: dict[int, list[np.ndarray]] = {}
+
+    def rank_plan(self, epoch: int) -> list[np.ndarray]:
+        """This process's micro-batches of an epoch (cached: plans are pure functions of the epoch)."""
+        if epoch not in self._plans:
+            self._plans.clear()
+            full = plan_epoch(self.spans, self.rows.lengths, self.train_groups, self.c.bs, self.c.seed, epoch,
+                              self.whole_groups, self.c.group_by_length)
+            self._plans[epoch] = shard_for_rank(full, self.rt.rank, self.rt.world_size)
+        return self._plans[epoch]
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return math.ceil(len(self.rank_plan(epoch)) / self.c.grad_accum)
+
+    def find_resume(self) -> Path | None:
+        c = self.c
+        if c.lora_ckpt is None:
+            if list_checkpoints(self.out) or (self.out / FINAL_NAME).is_dir():
+                raise FileExistsError(f"{self.out} already holds checkpoints of an earlier run; pass --lora_ckpt "
+                                      f"{self.out} to continue it, or choose an empty --output_dir")
+            return None
+        src = Path(c.lora_ckpt)
+        found = newest_checkpoint(src)
+        if found is None:
+            why = "does not exist" if not src.exists() else "holds no checkpoint-<step>/ or final/ folder"
+            self.log(f"--lora_ckpt {src} {why}; starting fresh")
+            return None
+        self.log(f"resuming from {found[1]} (step {found[0]})")
+        return found[1]
+
+    def build_model(self, resume: Path | None) -> None:
+        c, rt = self.c, self.rt
+        torch.manual_seed(c.seed)
+        rwkv = load_rwkv5(c.model_file, device=rt.device, dtype=rt.base_dtype, with_head=False)
+        self.model_config = rwkv.config
+        top = int(self.rows.tokens.max()) if self.rows.tokens.size else 0
+        if top >= rwkv.config.vocab_size:
+            raise ValueError(f"the dataset has token id {top} but the model's vocabulary is {rwkv.config.vocab_size}; "
+                             "use a base model with the RWKV World vocabulary (65536)")
+        rwkv.gradient_checkpointing = c.grad_cp
+        ce = CrossEncoder(rwkv, head_seed=c.seed)
+        if resume is not None:
+            self.peft_model = PeftModel.from_pretrained(ce, str(resume), is_trainable=True)
+            lc: LoraConfig = self.peft_model.peft_config["default"]
+            saved = (lc.r, float(lc.lora_alpha), float(lc.lora_dropout), sorted(lc.target_modules))
+            asked = (c.lora_r, float(c.lora_alpha), float(c.lora_dropout), sorted(c.lora_targets))
+            if saved != asked:
+                self.log(f"note: continuing with the checkpoint's LoRA settings r={lc.r} alpha={lc.lora_alpha} "
+                         f"dropout={lc.lora_dropout} targets={sorted(lc.target_modules)}, not the flags")
+        else:
+            self.peft_model = attach_lora(ce, make_lora_config(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets))
+        lc = self.peft_model.peft_config["default"]
+        self.lora_settings = {"r": lc.r, "alpha": lc.lora_alpha, "dropout": lc.lora_dropout,
+                              "targets": sorted(lc.target_modules)}
+        self.peft_model.train()
+        self.trainable = [p for p in self.peft_model.parameters() if p.requires_grad]
+        self.n_trainable = sum(p.numel() for p in self.trainable)
+        self.n_total = sum(p.numel() for p in self.peft_model.parameters())
+        self.model = DDP(self.peft_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
+            if rt.distributed else self.peft_model
+        self.loss_fn = get_loss(c.loss)
+
+    def build_optimizer(self) -> None:
+        c = self.c
+        first = self.steps_in_epoch(0)
+        if first == 0:
+            raise ValueError(f"the training split ({self.train_groups.size} groups) gives fewer batches than "
+                             f"processes ({self.rt.world_size}); use more data, a smaller --bs or fewer processes")
+        self.total_steps = c.max_steps if c.max_steps is not None else sum(self.steps_in_epoch(e) for e in range(c.epochs))
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=c.lr, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(c.warmup_steps, self.total_steps, c.min_lr_ratio))
+
+    # ---------------------------------------------------------------- state
+    def training_state(self) -> dict[str, Any]:
+        rng = {"cpu": torch.get_rng_state()}
+        if self.rt.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
+        rngs = self.rt.gather_objects(rng)
+        real, proc = self.rt.all_reduce_sum([self.real_local, self.proc_local])
+        return {"format": STATE_FORMAT, "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.pos,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rngs, "world_size": self.rt.world_size, "seed": self.c.seed,
+                "tokens_real": self.real_base + real, "tokens_processed": self.proc_base + proc}
+
+    def restore(self, path: Path) -> None:
+        st = load_training_state(path)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.step, self.epoch, self.pos = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
+        if self.rt.is_main:
+            self.real_base, self.proc_base = float(st["tokens_real"]), float(st["tokens_processed"])
+        if st["world_size"] == self.rt.world_size:
+            rng = st["rng"][self.rt.rank]
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and self.rt.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.rt.device)
+        else:
+            # Positions are per-process batch indices, meaningless for another process count.
+            self.log(f"note: checkpoint was written by {st['world_size']} processes, now {self.rt.world_size}: "
+                     f"epoch {self.epoch} restarts from its first batch and dropout is re-seeded, so results "
+                     "will differ from a run that kept its process count")
+            torch.manual_seed(self.c.seed + 1 + self.rt.rank + 1000 * self.step)
+            self.pos = 0
+
+    def ce_config(self) -> dict[str, Any]:
+        meta = self.rows.meta
+        return {
+            "format": "rwkv5-cross-encoder", "format_version": 1, "step": self.step, "epoch": self.epoch,
+            "sep_token_id": int(meta["sep_token_id"]), "cls_token_id": int(meta["cls_token_id"]),
+            "pad_token_id": int(meta["pad_token_id"]), "max_length": int(meta["max_length"]),
+            "is_truncate": meta.get("is_truncate"), "ctx_len": self.c.ctx_len,
+            "row_format": "question + [SEP] + document + [CLS], right-padded; score read at length-1",
+            "loss": self.c.loss, "accuracy_threshold": ACCURACY_THRESHOLD[self.c.loss],
+            "lora": self.lora_settings, "model": dataclasses.asdict(self.model_config),
+            "base_model_file": Path(self.c.model_file).name, "dataset": str(self.c.ds_dir),
+        }
+
+    def save(self, path: Path) -> None:
+        state = self.training_state()  # collective: every process takes part
+        if self.rt.is_main:
+            save_checkpoint(path, self.peft_model, self.ce_config(), state)
+            if path.name != FINAL_NAME:
+                rotate_checkpoints(self.out, self.c.save_total_limit)
+        self.rt.barrier()
+
+    # ---------------------------------------------------------------- steps
+    def train_step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+        """Forward/backward over one accumulation window, then one optimizer step -> (loss, grad norm)."""
+        dev, n = self.rt.device, len(micro)
+        loss_sum = 0.0
+        for j, mb in enumerate(micro):
+            with maybe_no_sync(self.model, skip_sync=j < n - 1):
+                with self.rt.autocast():
+                    scores = self.model(input_ids=mb["input_ids"].to(dev), lengths=mb["lengths"].to(dev))  # [B]
+                loss = self.loss_fn(scores.float(), mb["labels"].to(dev), mb["groups"].to(dev))
+                # Dividing by the window's actual size keeps a short last window of an epoch a mean.
+                (loss / n).backward()
+            loss_sum += float(loss.detach())
+            self.real_local += float(mb["lengths"].sum())
+            self.proc_local += float(mb["input_ids"].numel())
+        if self.c.max_grad_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.c.max_grad_norm))
+        else:
+            norm = float(torch.norm(torch.stack([p.grad.norm() for p in self.trainable if p.grad is not None])))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum / n, norm
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and metrics on the held-out groups (every process scores a share)."""
+        model = self.peft_model  # not the DDP wrapper: no gradient sync in evaluation
+        model.eval()
+        scores, labels, groups = [], [], []
+        for idx in self.eval_batches:
+            mb = collate(self.rows, idx, None)
+            with self.rt.autocast():
+                s = model(input_ids=mb["input_ids"].to(self.rt.device), lengths=mb["lengths"].to(self.rt.device))
+            scores.append(s.float().cpu().numpy())
+            labels.append(mb["labels"].numpy())
+            groups.append(mb["groups"].numpy())
+        model.train()
+        cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
+        parts = self.rt.gather_objects((cat(scores, np.float32), cat(labels, np.int64), cat(groups, np.int64)))
+        s = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        g = np.concatenate([p[2] for p in parts])
+        loss = float(self.loss_fn(torch.from_numpy(s), torch.from_numpy(y), torch.from_numpy(g)))
+        out = {"eval_loss": loss, "eval_rows": int(s.size), "eval_groups": int(np.unique(g).size)}
+        out.update({f"eval_{k}": v for k, v in all_metrics(s, y, g, ACCURACY_THRESHOLD[self.c.loss]).items()})
+        return out
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        c, rt = self.c, self.rt
+        _check_config(c)
+        self.load_data()
+        resume = self.find_resume()
+        self.build_model(resume)
+        self.build_optimizer()
+        self.step, self.epoch, self.pos = 0, 0, 0
+        self.real_local = self.proc_local = 0.0
+        self.real_base = self.proc_base = 0.0
+        # Dropout draws from the global RNG: seed it per process after the model is built (the
+        # init above also draws from it), or restore the exact stream of the interrupted run.
+        torch.manual_seed(c.seed + 1 + rt.rank)
+        if resume is not None:
+            self.restore(resume)
+        start_step = self.step
+        if rt.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if remove_stale_dirs(self.out):
+                self.log(f"removed half-written checkpoint folders left in {self.out} by a killed run")
+            dropped = truncate_metrics(self.out / "metrics.jsonl", self.step) if resume is not None else 0
+            if dropped:
+                self.log(f"dropped {dropped} metrics.jsonl rows after step {self.step} (that work is redone)")
+            write_json(self.out / "config.json", self.run_config(resume))
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", fresh=resume is None) if rt.is_main else None
+        self.log(f"{self.rows.n_rows} rows in {self.spans.n_groups} groups: {self.train_groups.size} groups train, "
+                 f"{self.eval_groups.size} eval | trainable {self.n_trainable:,} of {self.n_total:,} params | "
+                 f"{self.total_steps} steps, {rt.world_size} process(es) on {rt.device}, {rt.precision}")
+        try:
+            self.loop()
+            return self.finish(start_step)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def loop(self) -> None:
+        c, rt = self.c, self.rt
+        if c.eval_at_start and self.step == 0 and self.eval_groups.size:
+            self.write_row({"step": 0, "loss": None, "lr": self.scheduler.get_last_lr()[0], **self.evaluate()})
+        self.t0 = time.perf_counter()
+        self.last_eval_step, self.last_eval = -1, {}
+        win_loss, win_steps = 0.0, 0
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step", disable=not rt.is_main)
+        while self.step < self.total_steps:
+            plan = self.rank_plan(self.epoch)
+            if self.pos >= len(plan):
+                self.epoch, self.pos = self.epoch + 1, 0
+                if c.max_steps is None and self.epoch >= c.epochs:
+                    break
+                continue
+            # An explicit generator: DataLoader would otherwise draw its base seed from the global
+            # RNG, shifting dropout differently in a resumed run than in an uninterrupted one.
+            loader = torch.utils.data.DataLoader(
+                BatchDataset(self.rows, plan[self.pos:], self.width), batch_size=None, shuffle=False,
+                num_workers=c.num_workers, generator=torch.Generator().manual_seed(c.seed))
+            it = iter(loader)
+            while self.pos < len(plan) and self.step < self.total_steps:
+                n = min(c.grad_accum, len(plan) - self.pos)
+                loss, norm = self.train_step([next(it) for _ in range(n)])
+                self.step += 1
+                self.pos += n
+                epoch_ended = self.pos >= len(plan)
+                if epoch_ended:  # checkpoints taken now must point at the next epoch
+                    self.epoch, self.pos = self.epoch + 1, 0
+                win_loss, win_steps = win_loss + loss, win_steps + 1
+                lr = self.scheduler.get_last_lr()[0]
+                elapsed = max(time.perf_counter() - self.t0, 1e-9)
+                bar.update(1)
+                if rt.is_main:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{self.real_local * rt.world_size / elapsed:,.0f}")
+                last = self.step >= self.total_steps or self.epoch_done()
+                do_eval = self.eval_groups.size > 0 and (last or (c.eval_every > 0 and self.step % c.eval_every == 0))
+                if self.step % c.log_every == 0 or do_eval or last:
+                    row = self.train_row(win_loss / win_steps, norm, lr, elapsed)
+                    if do_eval:
+                        self.last_eval = self.evaluate()
+                        row.update(self.last_eval)
+                        self.last_eval_step = self.step
+                    self.write_row(row)
+                    win_loss, win_steps = 0.0, 0
+                if c.save_every > 0 and self.step % c.save_every == 0:
+                    self.save(self.out / f"checkpoint-{self.step}")
+                if self.on_step is not None:
+                    self.on_step(self.step)
+                if epoch_ended:
+                    break
+            del it, loader
+            if self.epoch_done():
+                break
+        bar.close()
+
+    def epoch_done(self) -> bool:
+        return self.c.max_steps is None and self.epoch >= self.c.epochs
+
+    def train_row(self, loss: float, norm: float, lr: float, elapsed: float) -> dict[str, Any]:
+        real, proc = self.rt.all_reduce_sum([self.real_local, self.proc_local])
+        loss = self.rt.all_reduce_sum([loss])[0] / self.rt.world_size
+        return {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr, "grad_norm": norm,
+                "tokens_real": self.real_base + real, "tokens_processed": self.proc_base + proc,
+                "processed_over_real": proc / real if real else None,
+                "real_tokens_per_s": real / elapsed, "elapsed_s": elapsed}
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(row)
+
+    def run_config(self, resume: Path | None) -> dict[str, Any]:
+        return {**self.c.to_dict(), "resolved": {
+            "device": str(self.rt.device), "precision": self.rt.precision, "world_size": self.rt.world_size,
+            "total_steps": self.total_steps, "resumed_from": str(resume) if resume else None,
+            "rows": self.rows.n_rows, "groups": self.spans.n_groups, "train_groups": int(self.train_groups.size),
+            "eval_groups": int(self.eval_groups.size), "padding": self.rows.meta,
+            "model": dataclasses.asdict(self.model_config), "lora": self.lora_settings,
+            "trainable_params": self.n_trainable}}
+
+    def finish(self, start_step: int) -> dict[str, Any]:
+        rt = self.rt
+        final_eval = {}
+        if self.eval_groups.size and self.last_eval_step != self.step:
+            # Only when no step ran (a finished run resumed again); otherwise the last step evaluated.
+            final_eval = self.evaluate()
+            self.write_row({"step": self.step, "loss": None, "lr": self.scheduler.get_last_lr()[0], **final_eval})
+        elif self.eval_groups.size:
+            final_eval = self.last_eval
+        self.save(self.out / FINAL_NAME)
+        elapsed = time.perf_counter() - self.t0
+        real, proc = rt.all_reduce_sum([self.real_local, self.proc_local])
+        summary = {"steps_run": self.step - start_step, "step": self.step, "epoch": self.epoch,
+                   "tokens_real": real, "tokens_processed": proc,
+                   "processed_over_real": proc / real if real else None, "elapsed_s": elapsed,
+                   "final_dir": str(self.out / FINAL_NAME), **final_eval}
+        if rt.is_main:
+            plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
+            ev = " | ".join(f"{k[5:]} {v:.4f}" for k, v in final_eval.items()
+                            if isinstance(v, float) and k != "eval_rows")
+            self.log(f"done: steps {start_step}->{self.step} in {elapsed:.1f}s | tokens real {real:,.0f}, "
+                     f"processed {proc:,.0f} ({summary['processed_over_real'] or 0:.2f}x) | "
+                     f"{real / max(elapsed, 1e-9):,.0f} real tok/s" + (f"\neval: {ev}" if ev else ""))
+            self.log(f"outputs: {self.out / FINAL_NAME}, {self.out / 'metrics.jsonl'}, {self.out / 'loss.png'}, "
+                     f"{self.out / 'config.json'}")
+        return summary
+
+
+def main(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train (or continue training) a cross-encoder adapter; returns a summary dict.
+
+    `on_step(step)` runs after every optimizer step (after any checkpoint of that step), e.g. to
+    stop or inspect a run from Python.
+    """
+    rt = setup_runtime(config.device, config.precision)
+    try:
+        return _Trainer(config, rt, on_step).run()
+    finally:
+        teardown_runtime(rt)

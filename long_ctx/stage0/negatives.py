@@ -1,0 +1,135 @@
+"""Pick negative documents for a record from its BM25 scores."""
+from __future__ import annotations
+
+import bisect
+from typing import Sequence
+
+import numpy as np
+
+from long_ctx.stage0.bm25.codepoints import SPECIAL, JoinedDocs, lowercase_at
+from long_ctx.stage0.nq_format import SkipRecord
+
+STRATEGIES = ("least", "hardest", "random")
+
+
+def negative_candidates(
+    documents: Sequence[str],
+    gold_index: int,
+    answer: str,
+    filter_answer_docs: bool = True,
+    joined: JoinedDocs | None = None,
+) -> np.ndarray:
+    """0-based indices (ascending) of documents that may serve as negatives.
+
+    The gold document never does; with `filter_answer_docs`, neither does any document that
+    contains the answer case-insensitively (`answer.lower() in document.lower()`, when the
+    answer is non-empty), since it likely answers the question too and would teach the model a
+    false negative. `joined` may pass the record's precomputed JoinedDocs.
+    """
+    keep = np.ones(len(documents), bool)
+    if 0 <= gold_index < len(documents):
+        keep[gold_index] = False
+    needle = answer.lower() if filter_answer_docs else ""
+    if needle:
+        keep &= ~documents_containing(documents, needle, joined)
+    return np.flatnonzero(keep)
+
+
+def documents_containing(
+    documents: Sequence[str], needle: str, joined: JoinedDocs | None = None
+) -> np.ndarray:
+    """[N] bool: `needle in document.lower()` for each document (`needle` already lowercased)."""
+    if "\n" not in needle:
+        found = _search_lowered(joined or JoinedDocs(documents), needle)
+        if found is not None:
+            return found
+    return np.array([needle in doc.lower() for doc in documents], dtype=bool)
+
+
+#: The only non-ASCII characters whose str.lower() contains ASCII: İ -> "i̇" and the Kelvin
+#: sign K -> "k" (tests check this against every code point).
+TO_ASCII_LOWER = ("\u0130", "\u212a")
+
+
+def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
+    # Lowercasing every passage with str.lower() is most of this filter's cost on non-ASCII
+    # text, so search the joined documents instead (a match cannot span two of them: they are
+    # joined with "\n", which the needle lacks). Returns None when some character needs context
+    # to lowercase (`İ`, `Σ`); the caller then asks Python.
+    if needle.isascii() and not any(c in joined.text for c in TO_ASCII_LOWER):
+        # Only ASCII characters can take part in a match (no other character lowercases to
+        # ASCII): search the ASCII-lowercased bytes with bytes.find, jumping to the next
+        # document after each hit.
+        haystack = joined.ascii_lowercase_bytes()
+        return _find_ascii(haystack, needle.encode("ascii"), joined.doc_starts)
+    # General case: find where the needle's first character can start (ASCII by case-insensitive
+    # arithmetic, non-ASCII by asking Python per distinct character), then extend the survivors
+    # one character at a time with the exact per-character lowercase.
+    cp = joined.cp
+    pattern = [ord(c) for c in needle]
+    high = np.flatnonzero(cp >= 128)
+    if len(high):
+        high_low = lowercase_at(cp, high)
+        if (high_low == SPECIAL).any():
+            return None
+    n = len(cp) - len(pattern) + 1
+    if n <= 0:
+        return np.zeros(len(joined.doc_starts), bool)
+    p0 = pattern[0]
+    if p0 < 128:
+        # x | 0x20 == p0 | 0x20 holds for both cases of a letter (plus a few non-letters that
+        # the exact check below drops).
+        at = np.flatnonzero(cp[:n] | 0x20 == p0 | 0x20)
+        if len(high):  # disjoint from `at`: a byte >= 128 never equals p0 | 0x20 < 128
+            at = np.concatenate((at, high[(high_low == p0) & (high < n)]))
+        at = at[lowercase_at(cp, at) == p0]
+    else:
+        at = high[(high_low == p0) & (high < n)] if len(high) else high
+    for k in range(1, len(pattern)):
+        if not len(at):
+            break
+        at = at[lowercase_at(cp, at + k) == pattern[k]]
+    found = np.zeros(len(joined.doc_starts), bool)
+    found[joined.doc_of(at)] = True
+    return found
+
+
+def _find_ascii(haystack: bytes, needle: bytes, doc_starts: np.ndarray) -> np.ndarray:
+    starts = doc_starts.tolist()
+    found = np.zeros(len(starts), bool)
+    at = haystack.find(needle)
+    while at >= 0:
+        doc = bisect.bisect_right(starts, at) - 1
+        found[doc] = True
+        if doc + 1 == len(starts):
+            break
+        at = haystack.find(needle, starts[doc + 1])
+    return found
+
+
+def select_negatives(
+    scores: np.ndarray,
+    candidates: np.ndarray,
+    strategy: str = "least",
+    num_negatives: int = 1,
+    seed: int = 0,
+    line_number: int = 0,
+) -> list[int]:
+    """Up to `num_negatives` 0-based indices from `candidates`, best first for `strategy`.
+
+    least: lowest BM25 score; hardest: highest; random: a uniform draw seeded by
+    (seed, line_number), so it does not depend on worker count or record order. Score ties go
+    to the lower document number. Raises SkipRecord("no_negative_candidate") if none is left.
+    """
+    if len(candidates) == 0:
+        raise SkipRecord("no_negative_candidate")
+    if strategy == "random":
+        rng = np.random.default_rng([seed, line_number])
+        order = rng.permutation(len(candidates))
+    elif strategy in ("least", "hardest"):
+        cand_scores = scores[candidates]
+        # Stable sort over ascending candidate indices keeps ties at the lower document number.
+        order = np.argsort(cand_scores if strategy == "least" else -cand_scores, kind="stable")
+    else:
+        raise ValueError(f"unknown negative strategy {strategy!r}; choose one of {STRATEGIES}")
+    return candidates[order[:num_negatives]].tolist()

@@ -1,0 +1,244 @@
+"""Stage 2: stage-1 token ids -> fixed-length cross-encoder rows `question [SEP] document [CLS] PAD…`.
+
+One row per (question, document): the positive (label 1) then each negative (label 0), rows of a
+source record consecutive (the row definitions live in `long_ctx.stage2.rows`).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from long_ctx.common.atomic import atomic_dir, write_json
+from long_ctx.common.dataset_card import SHARD_GLOB, length_table, markdown_table, write_dataset_card
+from long_ctx.common.lengths import LengthCounter, plot_length_histograms
+from long_ctx.common.parquet_shards import ShardWriter
+from long_ctx.stage2.rows import MAX_TOKEN_ID, OUTPUT_SCHEMA, pack_rows
+
+PADDING_FILE = "padding.json"
+PLOT_FILE = "row_lengths.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+def default_output_dir(ds_dir: str | Path, max_length: int, cls: int, sep: int, truncate: bool, pad: int) -> Path:
+    """The seed's naming: beside DS, `<DS name>_padded_<L>_cls_<c>_sep_<s>_truncate_<T|F>_pad_<p>`."""
+    ds = Path(ds_dir).resolve()
+    return ds.parent / f"{ds.name}_padded_{max_length}_cls_{cls}_sep_{sep}_truncate_{truncate}_pad_{pad}"
+
+
+@dataclasses.dataclass
+class Stage2Config:
+    ds_dir: str
+    max_length: int
+    sep_token_id: int = 2
+    cls_token_id: int = 1
+    pad_token_id: int = 0
+    is_truncate: bool = True
+    output_dir: str | None = None
+    rows_per_shard: int | None = None  # None: ~256 MB of ids per shard
+    read_batch_records: int = 1_024
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not isinstance(self.max_length, int) or self.max_length < 3:
+            raise ValueError(f"--max_length must be an integer >= 3 (question, SEP, CLS), got {self.max_length}")
+        ids = {"--sep_token_id": self.sep_token_id, "--cls_token_id": self.cls_token_id,
+               "--pad_token_id": self.pad_token_id}
+        for flag, v in ids.items():
+            if not isinstance(v, int) or not 0 <= v <= MAX_TOKEN_ID:
+                raise ValueError(f"{flag} must be an integer in 0..{MAX_TOKEN_ID} (rows are uint16), got {v}")
+        if len(set(ids.values())) != 3:
+            raise ValueError(f"--sep_token_id, --cls_token_id and --pad_token_id must be distinct, got {ids}")
+        if self.rows_per_shard is not None and self.rows_per_shard < 1:
+            raise ValueError(f"--rows_per_shard must be >= 1, got {self.rows_per_shard}")
+        if self.read_batch_records < 1:
+            raise ValueError(f"read_batch_records must be >= 1, got {self.read_batch_records}")
+        ds = Path(self.ds_dir)
+        if not ds.is_dir() or not list(ds.glob(SHARD_GLOB)):
+            raise FileNotFoundError(
+                f"--ds_dir {ds} has no {SHARD_GLOB} shards; run long_ctx/1_create_datasets.py first"
+            )
+        if self.out_path().resolve() == ds.resolve():
+            raise ValueError("--output_dir must differ from --ds_dir")
+
+    def out_path(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return default_output_dir(self.ds_dir, self.max_length, self.cls_token_id, self.sep_token_id,
+                                  self.is_truncate, self.pad_token_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def stage1_shards(ds_dir: str | Path) -> list[Path]:
+    return sorted(Path(ds_dir).glob(SHARD_GLOB))
+
+
+def iter_stage1_batches(ds_dir: str | Path, batch_records: int) -> Iterator[tuple[pa.ListArray, pa.ListArray, pa.ListArray]]:
+    """(question, positive, negatives) arrays of every stage-1 record, in dataset order."""
+    for shard in stage1_shards(ds_dir):
+        pf = pq.ParquetFile(shard)
+        names = set(pf.schema_arrow.names)
+        missing = {"question", "positive"} - names
+        if missing or not names & {"negatives", "negative"}:
+            raise ValueError(
+                f"{shard} is not a stage-1 shard (missing {sorted(missing) or 'negatives'}); "
+                "point --ds_dir at the output of long_ctx/1_create_datasets.py"
+            )
+        neg_col = "negatives" if "negatives" in names else "negative"
+        for batch in pf.iter_batches(batch_size=batch_records, columns=["question", "positive", neg_col]):
+            negatives = batch.column(neg_col)
+            if neg_col == "negative":  # older stage-1 data: one negative per record
+                negatives = pa.ListArray.from_arrays(pa.array(np.arange(len(negatives) + 1), pa.int32()), negatives)
+            yield batch.column("question"), batch.column("positive"), negatives
+
+
+def _sub_batches(rows: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Record ranges [a, b) holding at most max_rows rows each (at least one record each)."""
+    out, a, acc = [], 0, 0
+    for i, r in enumerate(rows.tolist()):
+        if acc and acc + r > max_rows:
+            out.append((a, i))
+            a, acc = i, 0
+        acc += r
+    if a < len(rows):
+        out.append((a, len(rows)))
+    return out
+
+
+def main(config: Stage2Config) -> dict:
+    """Run stage 2; returns the summary written to `<output>/padding.json`."""
+    config.validate()
+    start = time.perf_counter()
+    L = config.max_length
+    out_dir = config.out_path()
+    row_bytes = 2 * L
+    rows_per_shard = config.rows_per_shard or max(1, 2**28 // row_bytes)
+    row_group_rows = max(1, min(rows_per_shard, 2**24 // row_bytes))
+    max_rows_per_pack = max(1, 2**25 // row_bytes)  # bounds the padded matrix built at once (~32 MB)
+    total_records = sum(pq.ParquetFile(s).metadata.num_rows for s in stage1_shards(config.ds_dir))
+
+    real, needed = LengthCounter(), LengthCounter()
+    counts = collections.Counter()
+    rows_per_group_max, rows_per_group_min = 0, None
+    group = 0
+    bar = tqdm(total=total_records, unit="rec", desc="stage 2", disable=not config.progress)
+    with atomic_dir(out_dir) as tmp:
+        # Padding compresses to almost nothing with zstd; a dictionary made shards only a third
+        # smaller but took 30% longer to write, and writing is most of this stage's time.
+        writer = ShardWriter(tmp, OUTPUT_SCHEMA, rows_per_shard, row_group_rows, compression="zstd",
+                             use_dictionary=False)
+        try:
+            for question, positive, negatives in iter_stage1_batches(config.ds_dir, config.read_batch_records):
+                rows = 1 + np.diff(negatives.offsets.to_numpy())
+                for a, b in _sub_batches(rows, max_rows_per_pack):
+                    res = pack_rows(question.slice(a, b - a), positive.slice(a, b - a), negatives.slice(a, b - a),
+                                    L, config.sep_token_id, config.cls_token_id, config.pad_token_id,
+                                    config.is_truncate, first_group=group)
+                    group += b - a
+                    writer.write(res.batch)
+                    real.add(res.batch.column("length").to_numpy())
+                    needed.add(res.needed_lengths)
+                    counts.update(groups=res.groups, kept_groups=res.kept_groups, rows=res.batch.num_rows,
+                                  truncated_rows=res.truncated_rows, dropped_rows=res.dropped_rows,
+                                  special_id_rows=res.special_id_rows)
+                    if len(res.rows_per_group):
+                        rows_per_group_max = max(rows_per_group_max, int(res.rows_per_group.max()))
+                        lo = int(res.rows_per_group.min())
+                        rows_per_group_min = lo if rows_per_group_min is None else min(rows_per_group_min, lo)
+                    bar.update(b - a)
+        finally:
+            bar.close()
+        shards = writer.close()
+        elapsed = time.perf_counter() - start
+        summary = {
+            "max_length": L,
+            "sep_token_id": config.sep_token_id,
+            "cls_token_id": config.cls_token_id,
+            "pad_token_id": config.pad_token_id,
+            "is_truncate": config.is_truncate,
+            "row_format": "question + [SEP] + document + [CLS], right-padded with PAD to max_length",
+            "num_rows": counts["rows"],
+            "num_groups": counts["kept_groups"],
+            "source_records": counts["groups"],
+            "kept_groups": counts["kept_groups"],
+            "dropped_groups": counts["groups"] - counts["kept_groups"],
+            "dropped_rows": counts["dropped_rows"],
+            "truncated_rows": counts["truncated_rows"],
+            "rows_per_group": rows_per_group_max,
+            "rows_per_group_min": rows_per_group_min or 0,
+            "rows_with_special_ids_in_text": counts["special_id_rows"],
+            "length": real.summary(),
+            "needed_length": needed.summary(),
+            "pad_fraction": round(1 - real.total / (counts["rows"] * L), 6) if counts["rows"] else 0.0,
+            "source_dir": str(Path(config.ds_dir).resolve()),
+            "columns": {f.name: str(f.type) for f in OUTPUT_SCHEMA},
+            "shards": [p.name for p in shards],
+            "elapsed_s": round(elapsed, 3),
+            "rows_per_s": round(counts["rows"] / elapsed, 1) if elapsed > 0 else None,
+        }
+        write_json(tmp / PADDING_FILE, summary)
+        plot_length_histograms(
+            {"needed (question + SEP + document + CLS)": needed, "kept rows (real tokens)": real},
+            tmp / PLOT_FILE, title=f"Stage 2 row lengths vs max_length: {out_dir.name}", max_length=L,
+        )
+        _write_card(tmp / "README.md", summary, out_dir.name)
+    _print_summary(summary, out_dir)
+    return summary
+
+
+def _write_card(path: Path, s: dict, name: str) -> None:
+    settings = markdown_table(
+        ["max_length", "sep_token_id", "cls_token_id", "pad_token_id", "is_truncate"],
+        [[s["max_length"], s["sep_token_id"], s["cls_token_id"], s["pad_token_id"], str(s["is_truncate"])]],
+    )
+    counts = markdown_table(
+        ["rows", "groups kept", "groups dropped", "rows truncated", "rows per group (max)", "pad fraction"],
+        [[s["num_rows"], s["kept_groups"], s["dropped_groups"], s["truncated_rows"], s["rows_per_group"],
+          s["pad_fraction"]]],
+    )
+    write_dataset_card(
+        path,
+        title=f"{name}: padded cross-encoder rows (stage 2)",
+        intro=(
+            f"Rows `question + [SEP] + document + [CLS]`, right-padded to {s['max_length']} with the PAD id, "
+            f"built from the stage-1 dataset `{s['source_dir']}`. Columns: `input_ids` (uint16, exactly "
+            "max_length), `labels` (1 positive, 0 negative), `length` (real tokens incl. CLS; CLS at "
+            "`length-1`), `group` (0-based index of the source record; rows of a group are consecutive, "
+            f"positive first). Read the special ids from `{PADDING_FILE}` instead of assuming them. "
+            "Load with `datasets.load_dataset(DIR, split=\"train\")`."
+        ),
+        sections=[
+            ("Settings", settings),
+            ("Counts", counts + (
+                f"\n\n{s['rows_with_special_ids_in_text']:,} row(s) contain a SEP/CLS/PAD id inside their text; "
+                "choose ids outside the vocab (65530..65535) to avoid that." if s["rows_with_special_ids_in_text"]
+                else "")),
+            ("Row lengths", length_table({"row (kept)": s["length"], "needed before truncation": s["needed_length"]})
+             + f"\n\n![row lengths]({PLOT_FILE})"),
+            ("Files", f"Shards: {', '.join(s['shards'])}. Full summary: `{PADDING_FILE}`."),
+        ],
+    )
+
+
+def _print_summary(s: dict, out_dir: Path) -> None:
+    print(f"stage 2: {s['num_rows']:,} rows of {s['max_length']} ids from {s['kept_groups']:,}/"
+          f"{s['source_records']:,} groups -> {out_dir} ({s['elapsed_s']:.1f} s, {s['rows_per_s'] or 0:,.0f} rows/s)")
+    print(f"  truncated rows {s['truncated_rows']:,}, dropped groups {s['dropped_groups']:,} "
+          f"({s['dropped_rows']:,} rows), pad fraction {s['pad_fraction']:.3f}")
+    ln = s["length"]
+    print(f"  real length: mean {ln['mean']:.1f}, p50 {ln['p50']}, p90 {ln['p90']}, p99 {ln['p99']}, max {ln['max']}")
+    if s["rows_with_special_ids_in_text"]:
+        print(f"  warning: {s['rows_with_special_ids_in_text']:,} row(s) contain a SEP/CLS/PAD id inside their text")
