@@ -1,5 +1,15 @@
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# Tests (and the scripts they start) import the checkout they live in, even when the package is
+# installed in editable mode from another checkout: PYTHONPATH comes before the editable finder.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def pytest_collection_modifyitems(config, items):
