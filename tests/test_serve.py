@@ -47,7 +47,8 @@ def tokens_read(query: str, docs: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def assets():
-    return shared_assets(MAX_LENGTH)
+    # Called exactly as the evaluation tests call it, so a suite run builds the adapter once.
+    return shared_assets()
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +236,8 @@ def test_concurrent_clients_get_their_own_scores(server, reranker):
 
 
 def slow_pool(seed: int) -> tuple[str, list[str]]:
-    rng = random.Random(seed)  # 150 one-document model calls on server B: ~1 s of work
-    return "tower " * 3, [" ".join(rng.choices(WORDS, k=rng.randint(1, 12))) for _ in range(150)]
+    rng = random.Random(seed)  # 100 one-document model calls on server B: ~0.5 s of work
+    return "tower " * 3, [" ".join(rng.choices(WORDS, k=rng.randint(1, 12))) for _ in range(100)]
 
 
 async def _post(url: str, query: str, docs: list[str]) -> httpx.Response:
@@ -244,19 +245,22 @@ async def _post(url: str, query: str, docs: list[str]) -> httpx.Response:
         return await c.post(f"{url}/rerank", json={"query": query, "texts": docs, "raw_scores": True})
 
 
-async def _until_in_flight(url: str, n: int) -> None:
+async def _in_flight(url: str, pools) -> list[asyncio.Task]:
+    """Post the pools concurrently; return once the server holds all of them."""
+    slow = [asyncio.create_task(_post(url, *p)) for p in pools]
     async with httpx.AsyncClient() as c:
         for _ in range(200):
-            if (await c.get(f"{url}/info")).json()["in_flight"] >= n:
-                return
+            if (await c.get(f"{url}/info")).json()["in_flight"] >= len(pools):
+                return slow
             await asyncio.sleep(0.02)
-    raise AssertionError(f"never {n} requests in flight")
+    raise AssertionError(f"never {len(pools)} requests in flight")
 
 
-def _check_raw(r: httpx.Response, expected: list[float]) -> None:
-    assert r.status_code == 200, r.text
-    got = {x["index"]: x["score"] for x in r.json()}
-    np.testing.assert_allclose([got[i] for i in range(len(expected))], expected, atol=1e-5)
+def _check_raw(responses: list[httpx.Response], pools, reranker) -> None:
+    for r, (q, docs) in zip(responses, pools, strict=True):
+        assert r.status_code == 200, r.text
+        got = {x["index"]: x["score"] for x in r.json()}
+        np.testing.assert_allclose([got[i] for i in range(len(docs))], reranker.score(q, docs), atol=1e-5)
 
 
 def test_queue_full_is_503_with_retry_after(servers, reranker):
@@ -264,16 +268,14 @@ def test_queue_full_is_503_with_retry_after(servers, reranker):
     pools = [slow_pool(1), slow_pool(2)]
 
     async def run():
-        slow = [asyncio.create_task(_post(b.url, *p)) for p in pools]
-        await _until_in_flight(b.url, 2)
+        slow = await _in_flight(b.url, pools)
         refused = await _post(b.url, "q", ["d"])
         return refused, await asyncio.gather(*slow)
 
     refused, done = asyncio.run(run())
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert refused.json()["error_type"] == "overloaded"
-    for r, (q, docs) in zip(done, pools):  # the accepted ones are unharmed
-        _check_raw(r, reranker.score(q, docs))
+    _check_raw(done, pools, reranker)  # the accepted ones are unharmed
 
 
 def test_sigterm_answers_in_flight_requests_and_exits_0(servers, reranker):
@@ -281,8 +283,7 @@ def test_sigterm_answers_in_flight_requests_and_exits_0(servers, reranker):
     pools = [slow_pool(3), slow_pool(4)]
 
     async def run():
-        slow = [asyncio.create_task(_post(b.url, *p)) for p in pools]
-        await _until_in_flight(b.url, 2)
+        slow = await _in_flight(b.url, pools)
         b.terminate()
         # It stops accepting connections while the accepted requests are still being scored.
         t0 = time.monotonic()
@@ -300,7 +301,6 @@ def test_sigterm_answers_in_flight_requests_and_exits_0(servers, reranker):
 
     pending, done = asyncio.run(run())
     assert pending >= 1  # the check above really happened with requests in flight
-    for r, (q, docs) in zip(done, pools):
-        _check_raw(r, reranker.score(q, docs))
+    _check_raw(done, pools, reranker)
     assert b.proc.wait(timeout=30) == 0, b.output()
     assert "stopped:" in b.output()
