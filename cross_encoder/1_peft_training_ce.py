@@ -3,13 +3,15 @@
 Single process:   python cross_encoder/1_peft_training_ce.py --model_file M.pth --ds_dir PADDED --output_dir OUT
 Several GPUs:     torchrun --nproc_per_node 4 cross_encoder/1_peft_training_ce.py ... (DDP)
 Resume:           add --lora_ckpt OUT (the newest checkpoint there is continued; a missing or
-                  empty folder starts fresh).
+                  empty folder starts fresh; the flags that decide the run must be the same).
 
-Every flag and its help text is defined next to its field in cross_encoder/train_config.py.
+Every flag and its help text is defined next to its field in cross_encoder/training/config.py.
 """
+from cross_encoder.runtime import run_cli_on_ranks
 from cross_encoder.training.config import config_from_args
+from cross_encoder.training.run_dir import interrupted_note
 from cross_encoder.training.trainer import main
-from long_ctx.common.cli_errors import run_cli
 
 if __name__ == "__main__":
-    run_cli(main, config_from_args(description=__doc__))
+    config = config_from_args(description=__doc__)
+    run_cli_on_ranks(main, config, interrupted=lambda: interrupted_note(config))

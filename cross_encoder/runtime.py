@@ -4,12 +4,14 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli_errors import USER_ERRORS, Terminated, UsageError, run_cli
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +55,31 @@ class Runtime:
         dist.all_gather_object(out, obj)
         return out
 
+    def any_true(self, flag: bool) -> bool:
+        """True on every process when `flag` is True on any (decisions all processes must share)."""
+        return self.all_reduce_sum([1.0 if flag else 0.0])[0] > 0
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """Run a check on every process; if it fails with a user error on any, fail on all.
+
+        Without this, a process that refuses (a damaged shard, a checkpoint that does not match)
+        would exit while the others wait forever at the next collective.
+        """
+        err: BaseException | None = None
+        result = None
+        try:
+            result = fn()
+        except USER_ERRORS as exc:
+            err = exc
+        if self.distributed:
+            messages = self.gather_objects(None if err is None else str(err))
+            first = next((m for m in messages if m is not None), None)
+            if err is None and first is not None:
+                raise UsageError(first)
+        if err is not None:
+            raise err
+        return result  # type: ignore[return-value]
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """'auto' -> CUDA when available, else CPU; a clear error when CUDA is asked for but absent."""
@@ -79,6 +106,31 @@ def resolve_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     if precision == "auto":
         return default_dtype(resolve_device(device))
     raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+
+
+def _rank_from_launcher() -> int:
+    # torchrun's launch protocol (not user configuration): RANK is exported for each process.
+    return int(os.environ.get("RANK", "0")) if _launched_by_torchrun() else 0
+
+
+def run_cli_on_ranks(fn: Callable[..., T], *args: Any, interrupted: str | Callable[[], str]) -> T:
+    """`run_cli` for a script that may run under torchrun: a user error or an interruption ends
+    every process with the same exit status, but only rank 0 prints its one line (the others
+    would repeat it once per GPU). Bugs keep their traceback on every process."""
+    if _rank_from_launcher() == 0:
+        return run_cli(fn, *args, interrupted=interrupted)
+
+    def quiet(*a: Any) -> T:
+        try:
+            return fn(*a)
+        except USER_ERRORS:
+            raise SystemExit(1) from None
+        except Terminated:
+            raise SystemExit(143) from None
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
+    return run_cli(quiet, *args)
 
 
 def _launched_by_torchrun() -> bool:

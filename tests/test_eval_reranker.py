@@ -28,12 +28,12 @@ def oracle_model(assets):
 
 
 def oracle_scores(model, q, docs, max_length):
-    """Each row built by hand (the stage-2 contract) and run alone through the full model."""
+    """Each row built by hand (the stage-2 contract, plus docs/reranking.md's rule: a query keeps
+    at most half of max_length - 2 tokens) and run alone through the full model."""
     out = []
     for d in docs:
-        qq, dd = list(q), list(d)
+        qq, dd = list(q)[:(max_length - 2) // 2], list(d)
         if len(qq) + len(dd) + 2 > max_length:
-            qq = qq[:max_length - 2]
             dd = dd[:max_length - 2 - len(qq)]
         row = qq + [SEP] + dd + [CLS]
         with torch.no_grad():
@@ -76,8 +76,9 @@ def test_adapter_is_applied(reranker, oracle_model):
     assert np.abs(bare - reranker.score_ids(q, docs)).max() > 1e-2
 
 
+@pytest.mark.filterwarnings("ignore::cross_encoder.serving.reranker.QueryCutWarning")
 def test_truncation_matches_training_rows(assets, oracle_model):
-    # max_length 20: long documents lose their tail, a long question loses its tail too.
+    # max_length 20: long documents lose their tail, a long question keeps its first 9 tokens.
     short = Reranker.from_pretrained(*assets, device="cpu", max_length=20, batch_size=2)
     for query in (QUERY, "word " * 40):
         q, docs = short.encode(query, DOCS)

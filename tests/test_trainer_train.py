@@ -2,20 +2,17 @@
 import signal
 import subprocess
 import sys
-import textwrap
 
 import orjson
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import REPO, tiny_model, toy_dataset
+from trainer_helpers import cli_args, hooked_trainer, tiny_model, toy_dataset
 
 from cross_encoder.modeling import load_cross_encoder
 from cross_encoder.training.config import TrainConfig
 from cross_encoder.training.losses import LOSSES
 from cross_encoder.training.trainer import lr_lambda, main
-
-SCRIPT = REPO / "cross_encoder" / "1_peft_training_ce.py"
 
 
 
@@ -87,35 +84,27 @@ def test_cli_fresh_lora_ckpt_then_kill_and_resume_reaches_uninterrupted_weights(
     main(config(assets, ref, **common))
     out = tmp_path / "killed"
     cfg = config(assets, out, lora_ckpt=str(out), **common)
-    argv = [str(SCRIPT)]
-    for k, v in cfg.to_dict().items():
-        if v is not None and not isinstance(v, bool):
-            argv += [f"--{k}", *(map(str, v) if isinstance(v, list) else [str(v)])]
     # The CLI's own parsing, with main() wrapped to SIGKILL the process after step 5 (whose
     # metrics row is already written): a real crash at a fixed point.
-    code = textwrap.dedent(f"""
-        import os, runpy, signal, sys, torch
-        torch.set_num_threads(1)
-        import cross_encoder.training.trainer as t
-        real_main = t.main
-        def kill(step):
-            if step == 5:
-                os.kill(os.getpid(), signal.SIGKILL)
-        t.main = lambda config: real_main(config, on_step=kill)
-        sys.argv = {argv!r}
-        runpy.run_path(sys.argv[0], run_name="__main__")
-    """)
-    proc = subprocess.run([sys.executable, "-u", "-c", code], capture_output=True, text=True)
+    script = hooked_trainer(tmp_path / "kill.py", "    if step == 5:\n        os.kill(os.getpid(), signal.SIGKILL)")
+    popen = subprocess.Popen([sys.executable, "-u", str(script), *cli_args(cfg)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    stdout, stderr = popen.communicate()
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert "does not exist; starting fresh" in proc.stdout
+    # Progress to a pipe is plain lines, not a tqdm bar's carriage-return updates (issue 9, #19).
+    assert "\r" not in proc.stderr and len(proc.stderr.splitlines()) <= 4, proc.stderr[-2000:]
     assert not (out / "final").exists()
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
         ["checkpoint-3", "config.json", "metrics.jsonl"]
     assert max(r["step"] for r in metrics(out)) == 5
-    (out / ".checkpoint-6.x1y2.tmp").mkdir()  # what a kill during a checkpoint write leaves
+    # What a kill during a checkpoint write leaves (atomic_dir's temp, tagged with the dead pid).
+    stale = out / f".checkpoint-6.{popen.pid}.x1y2.tmp"
+    stale.mkdir()
     summary = main(cfg)
     assert summary["steps_run"] == 5
-    assert not (out / ".checkpoint-6.x1y2.tmp").exists()
+    assert not stale.exists()
     assert_same_adapter(adapter(ref / "final"), adapter(out / "final"))
     # The metrics log continues without duplicated steps and agrees with the uninterrupted run.
     got, want = metrics(out), metrics(ref)
@@ -161,7 +150,7 @@ def test_each_loss_trains(assets, tmp_path, loss):
 
 
 def test_errors_say_what_to_do(assets, tmp_path):
-    with pytest.raises(FileNotFoundError, match="model file"):
+    with pytest.raises(FileNotFoundError, match="--model_file .* not found"):
         main(config(assets, tmp_path / "a", model_file=str(tmp_path / "nope.pth")))
     (tmp_path / "bare").mkdir()
     with pytest.raises(FileNotFoundError, match="padding.json"):

@@ -112,3 +112,42 @@ def pipeline_padded_dataset(work: str | Path, max_length: int = 160, limit: int 
     run(scripts[2], "--ds_dir", ds, "--max_length", max_length, "--output_dir", padded, "--is_truncate",
         "--no_progress")
     return padded
+
+
+TRAIN_SCRIPT = REPO / "cross_encoder" / "1_peft_training_ce.py"
+
+
+def cli_args(config) -> list[str]:
+    """The trainer's command line for a TrainConfig (what a user would type)."""
+    argv = []
+    for k, v in config.to_dict().items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            argv.append(f"--{k}" if v else f"--no-{k}")
+        else:
+            argv += [f"--{k}", *(map(str, v) if isinstance(v, list) else [str(v)])]
+    return argv
+
+
+HOOK_SCRIPT = '''
+import os, runpy, signal, sys, torch
+torch.set_num_threads(1)
+import cross_encoder.training.trainer as t
+{setup}
+real_main = t.main
+def on_step(step):
+{body}
+t.main = lambda config: real_main(config, on_step=on_step)
+sys.argv = [{script!r}] + sys.argv[1:]
+runpy.run_path({script!r}, run_name="__main__")
+'''
+
+
+def hooked_trainer(path: str | Path, on_step: str, setup: str = "") -> Path:
+    """A script that runs the real trainer CLI (its own parsing, run_cli, signals) with
+    `on_step(step)` (the body, indented 4) called after every optimizer step: e.g. a real
+    SIGKILL or SIGINT at a fixed step. Run it as `python PATH ARGS...` or under torchrun."""
+    path = Path(path)
+    path.write_text(HOOK_SCRIPT.format(setup=setup, body=on_step, script=str(TRAIN_SCRIPT)))
+    return path

@@ -18,18 +18,20 @@ import collections
 import contextlib
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
-from tqdm import tqdm
 
+from cross_encoder.cli_flags import check_outputs, model_inputs
 from cross_encoder.evaluation.ranking_metrics import (THIRDS, bucket_order, gold_rank, pool_size_bucket, position_third,
                                                       summarize)
 from long_ctx.common.atomic import atomic_file, write_json
 from long_ctx.common.line_reader import LineReader
 from long_ctx.common.ordered_pool import chunked
+from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import bm25_scores
 from long_ctx.stage0.nq_format import NQRecord, SkipRecord, parse_line
 
@@ -68,11 +70,17 @@ class EvalConfig:
             raise ValueError(f"--question_batch must be >= 1, got {self.question_batch}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if Path(self.input_file).is_dir():
+            raise FileNotFoundError(f"--input_file {self.input_file} is a folder; pass the raw NQ .jsonl.zst or .jsonl")
         if not Path(self.input_file).is_file():
             raise FileNotFoundError(f"--input_file {self.input_file} not found; pass the raw NQ .jsonl.zst or .jsonl")
         if not Path(self.model_file).is_file():
             raise FileNotFoundError(f"--model_file {self.model_file} not found; pass the base RWKV-5 .pth "
                                     "the adapter was trained on")
+        # Checked now, so that a long evaluation never ends without a place for its results.
+        check_outputs({"--output_json": self.output_json, "--output_plot": self.plot_path(),
+                       "--per_question": self.per_question},
+                      [self.input_file, *model_inputs(self.model_file, self.adapter)])
 
     def plot_path(self) -> Path:
         return Path(self.output_plot) if self.output_plot else Path(self.output_json).with_suffix(".png")
@@ -125,6 +133,7 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
     `reranker` (a `cross_encoder.serving.reranker.Reranker`) skips loading one from model_file/adapter.
     """
     from cross_encoder.evaluation.report import format_table, plot_results
+    from cross_encoder.serving.reranker import QueryCutWarning
 
     config.validate()
     start = time.perf_counter()
@@ -133,6 +142,7 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
 
         reranker = Reranker.from_flags(config)
     load_s = time.perf_counter() - start
+    cut_before = getattr(reranker, "queries_cut", 0)
 
     reader = LineReader(config.input_file)
     skipped: collections.Counter = collections.Counter()
@@ -142,8 +152,11 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         # The per-question file appears only if the whole run succeeds.
         fh = stack.enter_context(atomic_file(config.per_question, "wb")) if config.per_question else None
-        bar = stack.enter_context(tqdm(total=reader.input_size, unit="B", unit_scale=True, desc="evaluating",
-                                       disable=not config.progress))
+        bar = stack.enter_context(progress_bar(total=reader.input_size, unit="B", unit_scale=True,
+                                               desc="evaluating", disable=not config.progress))
+        # Counted and reported once at the end instead (questions_cut).
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", QueryCutWarning)
         for chunk in chunked(iter_pools(reader, config.limit, config.max_docs, skipped), config.question_batch):
             t0 = time.perf_counter()
             bm25 = [bm25_scores(rec.documents, rec.question, config.bm25_tokenizer) for _, rec in chunk]
@@ -175,6 +188,8 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
         "lines_read": len(results) + sum(skipped.values()),
         "skipped": dict(sorted(skipped.items())),
         "documents_scored": docs_scored,
+        # Questions longer than half the row, cut so that documents keep room (docs/evaluation.md).
+        "questions_cut": getattr(reranker, "queries_cut", 0) - cut_before,
         "pool_size": {"min": min(r.pool_size for r in results), "max": max(r.pool_size for r in results),
                       "mean": round(docs_scored / len(results), 2)},
         "model": {"model_file": str(config.model_file), "adapter": str(config.adapter),
@@ -190,7 +205,11 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
     })
     if config.per_question:
         out["per_question"] = str(config.per_question)
+    write_json(config.output_json, out)  # the results first: the plot is only a view of them
     plot_results(out, config.plot_path())
-    write_json(config.output_json, out)
     print(format_table(out))
+    if out["questions_cut"]:
+        print(f"warning: {out['questions_cut']:,} questions were longer than "
+              f"{getattr(reranker, 'max_query_tokens', '?')} tokens (half the row) and only their first tokens "
+              "were scored, so that documents keep room (docs/evaluation.md)")
     return out

@@ -5,8 +5,9 @@ one is found) and `loading` (base `.pth` + adapter folder -> model in eval mode)
 
     from cross_encoder.modeling import load_cross_encoder
 """
-from cross_encoder.modeling.loading import load_ce_config, load_cross_encoder, resolve_adapter_dir
+from cross_encoder.modeling.loading import (check_model_file, load_ce_config, load_cross_encoder,
+                                           resolve_adapter_dir)
 from cross_encoder.modeling.model import CrossEncoder, attach_lora, make_lora_config
 
-__all__ = ["CrossEncoder", "attach_lora", "load_ce_config", "load_cross_encoder", "make_lora_config",
-           "resolve_adapter_dir"]
+__all__ = ["CrossEncoder", "attach_lora", "check_model_file", "load_ce_config", "load_cross_encoder",
+           "make_lora_config", "resolve_adapter_dir"]

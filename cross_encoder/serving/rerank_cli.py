@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import collections
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import orjson
-from tqdm import tqdm
 
+from cross_encoder.cli_flags import check_outputs, model_inputs
 from long_ctx.common.atomic import atomic_file
+from long_ctx.common.cli_errors import UsageError
 from long_ctx.common.line_reader import LineReader
 from long_ctx.common.ordered_pool import chunked
+from long_ctx.common.progress import progress_bar
 
 #: Why an input line was skipped.
 SKIP_REASONS = {
@@ -94,11 +97,18 @@ def iter_queries(reader: LineReader, skipped: collections.Counter) -> Iterator[t
 
 def main(config: RerankConfig, reranker=None) -> dict[str, Any]:
     """Rerank every line; returns a summary (also printed). `reranker` skips loading the model."""
+    from cross_encoder.serving.reranker import QueryCutWarning
     if config.question_batch < 1:
         raise ValueError(f"--question_batch must be >= 1, got {config.question_batch}")
     if not Path(config.input_file).is_file():
-        raise FileNotFoundError(f"--input_file {config.input_file} not found; pass a jsonl of "
+        what = "is a folder" if Path(config.input_file).is_dir() else "not found"
+        raise FileNotFoundError(f"--input_file {config.input_file} {what}; pass a jsonl of "
                                 '{"query": ..., "documents": [...]} lines')
+    out_path = config.out_path()
+    if out_path.name.endswith((".zst", ".gz")):
+        raise UsageError(f"--output_file {out_path}: the output is plain jsonl, not compressed; drop the "
+                         f"{out_path.suffix} ending (compress it afterwards if needed)")
+    check_outputs({"--output_file": out_path}, [config.input_file, *model_inputs(config.model_file, config.adapter)])
     if reranker is None:
         from cross_encoder.serving.reranker import Reranker
 
@@ -106,10 +116,12 @@ def main(config: RerankConfig, reranker=None) -> dict[str, Any]:
     start = time.perf_counter()
     reader = LineReader(config.input_file)
     skipped: collections.Counter = collections.Counter()
-    out_path = config.out_path()
     n_queries = n_docs = 0
-    with atomic_file(out_path, "wb") as fh, tqdm(total=reader.input_size, unit="B", unit_scale=True,
-                                                 desc="reranking", disable=not config.progress) as bar:
+    cut_before = getattr(reranker, "queries_cut", 0)
+    with atomic_file(out_path, "wb") as fh, progress_bar(total=reader.input_size, unit="B", unit_scale=True,
+                                                         desc="reranking", disable=not config.progress) as bar, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", QueryCutWarning)  # counted and reported below
         for chunk in chunked(iter_queries(reader, skipped), config.question_batch):
             all_scores = reranker.score_many([(obj["query"], obj["documents"]) for _, obj in chunk])
             for (line_number, obj), scores in zip(chunk, all_scores):
@@ -123,10 +135,16 @@ def main(config: RerankConfig, reranker=None) -> dict[str, Any]:
                 n_docs += len(scores)
             bar.update(reader.input_bytes - bar.n)
     elapsed = time.perf_counter() - start
+    cut = getattr(reranker, "queries_cut", 0) - cut_before
     summary = {"queries": n_queries, "documents": n_docs, "skipped": dict(sorted(skipped.items())),
+               "queries_cut": cut,
                "output_file": str(out_path), "elapsed_s": round(elapsed, 3),
                "documents_per_s": round(n_docs / elapsed, 1) if elapsed > 0 else None}
     print(f"reranked {n_queries:,} queries ({n_docs:,} documents) in {elapsed:.1f} s -> {out_path}")
     if skipped:
         print("skipped lines: " + ", ".join(f"{k} {v:,}" for k, v in summary["skipped"].items()))
+    if cut:
+        print(f"warning: {cut:,} queries were longer than {getattr(reranker, 'max_query_tokens', '?')} tokens "
+              "(half the row) and only their first tokens were scored, so that documents keep room "
+              "(docs/reranking.md)")
     return summary

@@ -5,10 +5,14 @@
     scores = rr.score("who built the tower", ["doc a", "doc b"])  # list[float], input order
     best = rr.rank("who built the tower", ["doc a", "doc b"])    # [(index, score), ...] best first
 
-Every (query, document) pair is scored in exactly the training row format
+Every (query, document) pair is scored in the training row format
 `question + [SEP] + document + [CLS]` (`long_ctx.stage2.build_row`, special ids and max_length
 from the adapter's `cross_encoder_config.json`, too-long documents cut at the tail), with the score
-read at the CLS.
+read at the CLS. One difference from stage 2: a query longer than QUERY_SHARE of the row
+(`max_query_tokens(max_length)` = half of max_length - 2) keeps only its first that many tokens,
+so every document keeps room (stage 2 keeps the whole question and cuts the document, to nothing
+for a question as long as the row, which would give every document the same score). Such queries
+are counted in `queries_cut` and warned about once (`QueryCutWarning`).
 
 Speed: RWKV is recurrent and every row of a query starts with the same `question + [SEP]`, so
 that prefix runs once and each document continues from a copy of its state (the batched form of
@@ -18,6 +22,7 @@ on its own (`score_ids_per_pair`, kept for tests and benchmarks) up to float rou
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +36,17 @@ DEFAULT_BATCH_SIZE = 32
 # Upper bound on documents x padded suffix length per forward pass; keeps activation memory flat
 # for long documents (the FFN alone holds batch x tokens x 3.5 n_embd floats).
 DEFAULT_MAX_BATCH_TOKENS = 32_768
+#: The share of a row's max_length - 2 (question + document) tokens a query may take at most.
+QUERY_SHARE = 0.5
+
+
+def max_query_tokens(max_length: int) -> int:
+    """Query tokens kept in a row of `max_length` (the rest of a longer query is cut)."""
+    return int((max_length - 2) * QUERY_SHARE)
+
+
+class QueryCutWarning(UserWarning):
+    """A query was longer than `max_query_tokens` and lost its tail (emitted once per Reranker)."""
 
 
 class Reranker:
@@ -53,6 +69,9 @@ class Reranker:
         self.max_length = int(max_length or ce_config["max_length"])
         if self.max_length < 3:
             raise ValueError(f"max_length must be >= 3 (question, SEP, CLS), got {self.max_length}")
+        self.max_query_tokens = max_query_tokens(self.max_length)
+        self.queries_cut = 0  # queries scored that were longer than max_query_tokens
+        self._warned = False
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.device = next(model.parameters()).device
@@ -110,12 +129,29 @@ class Reranker:
         return [(int(i), scores[i]) for i in order]
 
     # ------------------------------------------------------------------ rows
+    def kept_query(self, question_ids: Sequence[int]) -> Sequence[int]:
+        """The part of a query that goes into its rows: its first `max_query_tokens` tokens."""
+        return question_ids[:self.max_query_tokens] if len(question_ids) > self.max_query_tokens else question_ids
+
+    def _count_cut(self, question_ids: Sequence[int]) -> None:
+        if len(question_ids) <= self.max_query_tokens:
+            return
+        self.queries_cut += 1
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"a query of {len(question_ids)} tokens is longer than {self.max_query_tokens} "
+                          f"(half of the row's {self.max_length} - 2): only its first {self.max_query_tokens} "
+                          "tokens are scored, so the documents keep room; Reranker.queries_cut counts such queries",
+                          QueryCutWarning, stacklevel=3)
+
     def row(self, question_ids: Sequence[int], doc_ids: Sequence[int]) -> list[int]:
-        """The training row of one pair without its padding (`build_row(...)[:length]`)."""
+        """The row of one pair without its padding: the training row (`build_row(...)[:length]`)
+        of the kept query (`kept_query`) and the document."""
         # A max_length of exactly the needed length gives the untruncated row with no padding;
         # past max_length build_row truncates and then fills the row completely. Either way
         # this is the training row up to its length, without building padding to throw away.
         # (build_row wants max_length >= 3; an empty question and document need only 2.)
+        question_ids = self.kept_query(question_ids)
         needed = max(3, len(question_ids) + len(doc_ids) + 2)
         row, length, _ = build_row(question_ids, doc_ids, min(needed, self.max_length), self.sep, self.cls,
                                    self.pad, truncate=True)
@@ -123,7 +159,7 @@ class Reranker:
 
     def prefix_length(self, question_ids: Sequence[int]) -> int:
         """Tokens shared by every row of this question: the kept question plus SEP."""
-        return min(len(question_ids), self.max_length - 2) + 1
+        return min(len(question_ids), self.max_query_tokens) + 1
 
     # ------------------------------------------------------------------ scoring
     def score_ids(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -142,6 +178,7 @@ class Reranker:
         for k, (q, docs) in enumerate(items):
             if not len(docs):
                 continue
+            self._count_cut(q)
             p = self.prefix_length(q)
             rows = [self.row(q, d) for d in docs]
             prefix = torch.tensor([rows[0][:p]], dtype=torch.long, device=self.device)  # [1, p]
@@ -173,8 +210,11 @@ class Reranker:
         """float64 [n_docs] scores, each pair's full padded training row scored on its own
         (`batch_size` rows at a time, in input order): the straightforward reference."""
         out = np.empty(len(documents_ids))
+        if len(documents_ids):
+            self._count_cut(question_ids)
+        q = self.kept_query(question_ids)
         for a in range(0, len(documents_ids), batch_size):
-            built = [build_row(question_ids, d, self.max_length, self.sep, self.cls, self.pad, truncate=True)
+            built = [build_row(q, d, self.max_length, self.sep, self.cls, self.pad, truncate=True)
                      for d in documents_ids[a:a + batch_size]]
             ids = torch.tensor([r for r, _, _ in built], dtype=torch.long)  # [B, max_length]
             lengths = torch.tensor([n for _, n, _ in built], dtype=torch.long)  # [B]

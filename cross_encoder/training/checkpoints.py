@@ -6,6 +6,7 @@ so any folder with a checkpoint name can be trusted after a crash.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -24,11 +25,14 @@ from cross_encoder.modeling.adapter_dirs import (  # noqa: F401
     list_checkpoints,
     newest_checkpoint,
 )
-from long_ctx.common.atomic import atomic_dir, write_json
+from long_ctx.common.atomic import atomic_dir, remove_stale_temps, write_json
 
-# Leftovers of a process killed while writing/replacing/deleting a checkpoint (atomic_dir's temp
-# folder, a replaced copy, rotate_checkpoints' renamed folder).
-STALE_RE = re.compile(r"^\.(checkpoint-\d+|final)\..+")
+# Leftovers of a process killed while writing/replacing/deleting a checkpoint: atomic_dir's
+# `.NAME.<pid>.<random>.tmp` and `.NAME.old-<pid>`, rotate_checkpoints' `.NAME.<pid>.deleting.tmp`.
+STALE_RE = re.compile(r"^\.(checkpoint-\d+|final)\.")
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def save_checkpoint(path: str | Path, peft_model: Any, ce_config: dict[str, Any], state: dict[str, Any]) -> Path:
@@ -38,6 +42,10 @@ def save_checkpoint(path: str | Path, peft_model: Any, ce_config: dict[str, Any]
         peft_model.save_pretrained(str(tmp))
         write_json(tmp / CE_CONFIG_NAME, ce_config)
         torch.save(state, tmp / STATE_NAME)
+        # safetensors creates adapter_model.safetensors 0600; every output follows the umask.
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~_UMASK)
     return path
 
 
@@ -52,8 +60,9 @@ def rotate_checkpoints(folder: str | Path, keep: int) -> list[Path]:
         return []
     removed = []
     for _, p in list_checkpoints(folder)[:-keep]:
-        # Rename first so a crash mid-delete never leaves a half folder under a checkpoint name.
-        doomed = p.with_name(f".{p.name}.deleting")
+        # Rename first so a crash mid-delete never leaves a half folder under a checkpoint name;
+        # the pid in the name lets a later run remove it only once this process is gone.
+        doomed = p.with_name(f".{p.name}.{os.getpid()}.deleting.tmp")
         p.rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
         removed.append(p)
@@ -61,11 +70,10 @@ def rotate_checkpoints(folder: str | Path, keep: int) -> list[Path]:
 
 
 def remove_stale_dirs(folder: str | Path) -> int:
-    """Delete half-written checkpoint folders a killed run left behind; returns how many."""
+    """Delete what killed runs left half-written in `folder` (never the work of a live process,
+    e.g. a second trainer writing there); returns how many."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    stale = [p for p in folder.iterdir() if p.is_dir() and STALE_RE.match(p.name)]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return len(stale)
+    names = {m.group(1) for p in folder.iterdir() if (m := STALE_RE.match(p.name))}
+    return sum(len(remove_stale_temps(folder / name)) for name in names)

@@ -15,6 +15,12 @@ from cross_encoder.training.losses import LOSSES
 
 DEFAULT_LORA_TARGETS = ("att.receptance", "att.key", "att.value",
                         "ffn.receptance", "ffn.key", "ffn.value")
+#: Flags that decide what a run computes (its batches, schedule, updates, split): a resume with any
+#: of them changed is refused, since it would silently mix two runs. Every other flag (device,
+#: precision, saving/eval/log cadence, workers, paths) may change; config.json records both values.
+RESUME_FIXED = ("bs", "grad_accum", "lr", "epochs", "max_steps", "warmup_steps", "min_lr_ratio", "weight_decay",
+                "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "loss", "group_by_length",
+                "seed", "eval_fraction")
 
 
 def _f(default: Any, help: str, **extra: Any) -> Any:

@@ -11,22 +11,28 @@ one would.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
+
+from long_ctx.common.progress import progress_bar
 
 REQUIRED_COLUMNS = ("input_ids", "labels", "length", "group")
 REQUIRED_META = ("max_length", "sep_token_id", "cls_token_id", "pad_token_id")
 # HF's LengthGroupedSampler sorts inside mega-batches of 50 batches: long enough to pair up
 # similar lengths, short enough that the order stays shuffled at the scale of an epoch.
 MEGA_BATCH_MULT = 50
+# Hugging Face shard names, as stage 2 writes them: train-00001-of-00002.parquet
+SHARD_NAME_RE = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.parquet$")
 
 
 @dataclass
@@ -84,7 +90,13 @@ def read_padding_meta(ds_dir: str | Path) -> dict[str, Any]:
             f"{ds_dir} has no padding.json, so it is not a padded dataset; run "
             f"long_ctx/2_create_padded_data.py --ds_dir {ds_dir} ... and pass the folder it "
             "writes (…_padded_<L>_…) as --ds_dir")
-    meta = orjson.loads(path.read_bytes())
+    try:
+        meta = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); re-create the dataset with "
+                         "long_ctx/2_create_padded_data.py") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a JSON object; re-create it with long_ctx/2_create_padded_data.py")
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ValueError(f"{path} lacks {missing}; re-create it with long_ctx/2_create_padded_data.py")
@@ -99,39 +111,79 @@ def shard_files(ds_dir: str | Path) -> list[Path]:
     return files
 
 
+def _open_shard(f: Path) -> pq.ParquetFile:
+    try:
+        # Verifies page checksums where the writer stored them (pyarrow: write_page_checksum).
+        return pq.ParquetFile(f, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{f} is not a readable parquet file ({str(exc)[:120]}); the shard is damaged — "
+                         "re-create the dataset with long_ctx/2_create_padded_data.py") from None
+
+
+def check_shards(ds_dir: str | Path, meta: dict[str, Any], files: list[Path]) -> dict[Path, pq.ParquetFile]:
+    """Refuse a dataset whose shards are not the ones stage 2 wrote: a shard of `-of-N` missing
+    or extra, one not in padding.json's `shards`, a row count other than its `num_rows`, a
+    column missing or of another type. Returns the opened shards."""
+    ds_dir = Path(ds_dir)
+    redo = "re-create the dataset with long_ctx/2_create_padded_data.py"
+    listed = meta.get("shards")
+    if isinstance(listed, list) and listed:
+        names = {f.name for f in files}
+        missing = [n for n in listed if n not in names]
+        extra = sorted(names - set(listed))
+        if missing:
+            raise ValueError(f"{ds_dir} is missing {', '.join(missing)} (padding.json lists {len(listed)} shards); "
+                             f"restore the file(s) or {redo}")
+        if extra:
+            raise ValueError(f"{ds_dir} holds {', '.join(extra)}, which padding.json does not list; "
+                             f"remove it or {redo}")
+    numbered = [m for f in files if (m := SHARD_NAME_RE.match(f.name))]
+    if numbered:
+        counts = {int(m.group(3)) for m in numbered}
+        if len(counts) > 1 or len(numbered) != len(files):
+            raise ValueError(f"{ds_dir} mixes shards of different datasets ({', '.join(f.name for f in files)}); {redo}")
+        n = counts.pop()
+        have = {int(m.group(2)) for m in numbered}
+        missing = [f"{numbered[0].group(1)}-{i:05d}-of-{n:05d}.parquet" for i in range(n) if i not in have]
+        if missing:
+            raise ValueError(f"{ds_dir} is missing {', '.join(missing)} (the shard names say there are {n}); "
+                             f"restore the file(s) or {redo}")
+    opened = {f: _open_shard(f) for f in files}
+    for f, pf in opened.items():
+        schema = pf.schema_arrow
+        missing_cols = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+        if missing_cols:
+            raise ValueError(f"{f} lacks columns {missing_cols}; it is not stage-2 output — {redo}")
+        ids = schema.field("input_ids").type
+        if not (pa.types.is_list(ids) or pa.types.is_large_list(ids)) or not pa.types.is_integer(ids.value_type):
+            raise ValueError(f"{f}: column input_ids is {ids}, not a list of integer token ids — {redo}")
+        for c in REQUIRED_COLUMNS[1:]:
+            if not pa.types.is_integer(schema.field(c).type):
+                raise ValueError(f"{f}: column {c} is {schema.field(c).type}, not integers — {redo}")
+    if "num_rows" in meta:
+        total = sum(pf.metadata.num_rows for pf in opened.values())
+        if total != int(meta["num_rows"]):
+            raise ValueError(f"{ds_dir}: the shards hold {total} rows but padding.json says {meta['num_rows']}; "
+                             f"a shard was replaced or cut — {redo}")
+    return opened
+
+
 def load_padded_dataset(ds_dir: str | Path, progress: bool = True) -> PaddedRows:
     """Read and validate every shard; keep only the real tokens of each row."""
     meta = read_padding_meta(ds_dir)
     L, cls_id = int(meta["max_length"]), int(meta["cls_token_id"])
-    files = shard_files(ds_dir)
+    shards = check_shards(ds_dir, meta, shard_files(ds_dir))
     toks, lens, labs, grps = [], [], [], []
-    bar = tqdm(total=sum(pq.ParquetFile(f).metadata.num_rows for f in files), unit="row",
-               desc="loading rows", disable=not progress)
-    for f in files:
-        pf = pq.ParquetFile(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in pf.schema_arrow.names]
-        if missing:
-            raise ValueError(f"{f} lacks columns {missing}; it is not stage-2 output")
-        for batch in pf.iter_batches(batch_size=4096, columns=list(REQUIRED_COLUMNS)):
-            n = batch.num_rows
-            flat = batch.column("input_ids").flatten().to_numpy(zero_copy_only=False)
-            if flat.size != n * L:
-                raise ValueError(f"{f}: rows are not all {L} tokens long as padding.json says; "
-                                 "re-create the dataset with long_ctx/2_create_padded_data.py")
-            ids = flat.reshape(n, L)  # [n, L]
-            length = batch.column("length").to_numpy(zero_copy_only=False).astype(np.int64)
-            if length.min(initial=1) < 1 or length.max(initial=1) > L:
-                raise ValueError(f"{f}: a `length` is outside 1..{L}")
-            if n and not np.all(ids[np.arange(n), length - 1] == cls_id):
-                bad = int(np.flatnonzero(ids[np.arange(n), length - 1] != cls_id)[0])
-                raise ValueError(f"{f}: row {bad} of a batch has no CLS ({cls_id}) at length-1; the "
-                                 "dataset does not match its padding.json")
-            keep = np.arange(L)[None, :] < length[:, None]  # [n, L] real-token mask
-            toks.append(ids[keep])
-            lens.append(length)
-            labs.append(batch.column("labels").to_numpy(zero_copy_only=False).astype(np.int8))
-            grps.append(batch.column("group").to_numpy(zero_copy_only=False).astype(np.int64))
-            bar.update(n)
+    bar = progress_bar(total=sum(pf.metadata.num_rows for pf in shards.values()), unit="row",
+                       desc="loading rows", disable=not progress)
+    for f, pf in shards.items():
+        try:
+            for batch in pf.iter_batches(batch_size=4096, columns=list(REQUIRED_COLUMNS)):
+                _add_batch(f, batch, L, cls_id, toks, lens, labs, grps)
+                bar.update(batch.num_rows)
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{f} cannot be read ({str(exc)[:120]}); the shard is damaged — re-create the "
+                             "dataset with long_ctx/2_create_padded_data.py") from None
     bar.close()
     lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
     labels = np.concatenate(labs) if labs else np.zeros(0, np.int8)
@@ -144,6 +196,42 @@ def load_padded_dataset(ds_dir: str | Path, progress: bool = True) -> PaddedRows
                       offsets=offsets, lengths=lengths, labels=labels, groups=groups, meta=meta)
     group_spans(rows)  # validates that groups are consecutive
     return rows
+
+
+def _add_batch(f: Path, batch: pa.RecordBatch, L: int, cls_id: int, toks: list, lens: list, labs: list,
+               grps: list) -> None:
+    n = batch.num_rows
+    flat = batch.column("input_ids").flatten().to_numpy(zero_copy_only=False)
+    if flat.size != n * L:
+        raise ValueError(f"{f}: rows are not all {L} tokens long as padding.json says; "
+                         "re-create the dataset with long_ctx/2_create_padded_data.py")
+    ids = flat.reshape(n, L)  # [n, L]
+    length = batch.column("length").to_numpy(zero_copy_only=False).astype(np.int64)
+    if length.min(initial=1) < 1 or length.max(initial=1) > L:
+        raise ValueError(f"{f}: a `length` is outside 1..{L}")
+    if n and not np.all(ids[np.arange(n), length - 1] == cls_id):
+        bad = int(np.flatnonzero(ids[np.arange(n), length - 1] != cls_id)[0])
+        raise ValueError(f"{f}: row {bad} of a batch has no CLS ({cls_id}) at length-1; the "
+                         "dataset does not match its padding.json")
+    keep = np.arange(L)[None, :] < length[:, None]  # [n, L] real-token mask
+    toks.append(ids[keep])
+    lens.append(length)
+    labs.append(batch.column("labels").to_numpy(zero_copy_only=False).astype(np.int8))
+    grps.append(batch.column("group").to_numpy(zero_copy_only=False).astype(np.int64))
+
+
+def dataset_fingerprint(rows: PaddedRows) -> dict[str, Any]:
+    """What identifies the training data for a resume: special ids, row length, counts and a hash
+    of every real token, length, label and group (~1 s per GB of real tokens)."""
+    h = hashlib.blake2b(digest_size=16)
+    for arr in (rows.tokens, rows.lengths, rows.labels, rows.groups):
+        arr = np.ascontiguousarray(arr)
+        h.update(arr.dtype.str.encode())
+        h.update(memoryview(arr).cast("B"))
+    meta = rows.meta
+    return {"sep_token_id": int(meta["sep_token_id"]), "cls_token_id": int(meta["cls_token_id"]),
+            "pad_token_id": int(meta["pad_token_id"]), "max_length": int(meta["max_length"]),
+            "rows": rows.n_rows, "blake2b": h.hexdigest()}
 
 
 def group_spans(rows: PaddedRows) -> GroupSpans:

@@ -3,36 +3,56 @@
 One optimizer step = `grad_accum` micro-batches of `bs` rows on every process (DDP under
 torchrun). Everything that decides what a step sees — the batch plan (seed, epoch), the
 position in it, the optimizer/scheduler state and the RNG — is saved in each checkpoint, so a
-killed run resumed from its newest checkpoint ends with the weights of an uninterrupted run.
+killed run resumed from its newest checkpoint ends with the weights of an uninterrupted one.
+
+Before any work: the flags, the base model file, the output folder (`run_dir`: only the
+trainer's own files are ever replaced), the checkpoint to continue and whether this run matches
+it; then the dataset's shards against padding.json. Every process takes part in each check and
+they fail together. A step whose loss or gradient is not finite makes no update (all processes
+agree); NONFINITE_LIMIT such steps in a row stop the run with an error, and non-finite weights
+are never saved.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel
+from peft import PeftModel
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
-from cross_encoder.modeling import CrossEncoder, attach_lora, make_lora_config
+from cross_encoder.modeling import CrossEncoder, attach_lora, check_model_file, load_ce_config, make_lora_config
+from cross_encoder.modeling.loading import architecture, check_architecture, model_fingerprint
 from cross_encoder.runtime import Runtime, maybe_no_sync, setup_runtime, teardown_runtime
 from cross_encoder.rwkv5 import load_rwkv5
-from cross_encoder.training.checkpoints import (FINAL_NAME, list_checkpoints, load_training_state, newest_checkpoint,
-                                                remove_stale_dirs, rotate_checkpoints, save_checkpoint)
+from cross_encoder.training.checkpoints import (FINAL_NAME, load_training_state, remove_stale_dirs,
+                                                rotate_checkpoints, save_checkpoint)
 from cross_encoder.training.config import TrainConfig
-from cross_encoder.training.data import (BatchDataset, PaddedRows, collate, group_spans, load_padded_dataset,
-                                         plan_epoch, plan_eval, read_padding_meta, shard_for_rank, split_groups)
+from cross_encoder.training.data import (BatchDataset, PaddedRows, collate, dataset_fingerprint, group_spans,
+                                         load_padded_dataset, plan_epoch, plan_eval, read_padding_meta,
+                                         shard_for_rank, split_groups)
 from cross_encoder.training.log import MetricsWriter, plot_loss, truncate_metrics
 from cross_encoder.training.losses import ACCURACY_THRESHOLD, NEEDS_WHOLE_GROUPS, get_loss
 from cross_encoder.training.metrics import all_metrics
+from cross_encoder.training.run_dir import (flag_differences, newest_note, other_differences, plan_resume,
+                                            refuse_resume, saved_flags)
 from long_ctx.common.atomic import write_json
+from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.progress import progress_bar
 
 STATE_FORMAT = 1
+#: Optimizer steps in a row whose loss or gradient may be non-finite (each skipped: no update)
+#: before training stops with an error. Isolated overflow steps are survived; divergence is not.
+NONFINITE_LIMIT = 3
+
+
+class TrainingDiverged(UsageError):
+    """The loss or the gradients stayed non-finite (too high a learning rate, no clipping)."""
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
@@ -60,10 +80,6 @@ def _check_config(c: TrainConfig) -> None:
         raise ValueError("--max_steps must be at least 1")
     if c.max_steps is None and c.epochs < 1:
         raise ValueError("--epochs must be at least 1 (or pass --max_steps)")
-    if not Path(c.model_file).is_file():
-        raise FileNotFoundError(f"model file {c.model_file} not found; pass an RWKV-5 .pth (e.g. "
-                                "RWKV-5-World-0.4B-v2-20231113-ctx4096.pth) or make a tiny one with "
-                                "cross_encoder.rwkv5.write_random_checkpoint")
 
 
 class _Trainer:
@@ -73,10 +89,43 @@ class _Trainer:
         self.log = print if rt.is_main else (lambda *a, **k: None)
 
     # ---------------------------------------------------------------- setup
+    def preflight(self) -> None:
+        """Everything that can refuse before the data is read (see the module docstring)."""
+        c = self.c
+        _check_config(c)
+        arch = check_model_file(c.model_file)
+        self.base = {"file": Path(c.model_file).name, "fingerprint": model_fingerprint(c.model_file)}
+        plan = plan_resume(c)
+        for note in plan.notes:
+            self.log(note)
+        self.resume = plan.found.path if plan.found else None
+        self.changed_flags: dict[str, Any] = {}
+        if self.resume is None:
+            return
+        try:
+            self.resume_state = load_training_state(self.resume)
+        except Exception as exc:  # the CRCs passed, yet it does not unpickle: not our format
+            raise ValueError(f"{self.resume / 'training_state.pt'} cannot be read ({str(exc)[:100]}); move the "
+                             "folder away to resume from an older checkpoint") from None
+        self.resume_ce = load_ce_config(self.resume)
+        fixed, self.changed_flags = flag_differences(saved_flags(self.resume_ce, self.resume_state), c)
+        base = other_differences(self.resume_ce, {}, self.base, architecture(arch) if arch else {})
+        if fixed or base:
+            refuse_resume(self.resume, fixed + base)
+        for key, v in self.changed_flags.items():
+            self.log(f"note: --{key} is {v['now']} now, {v['checkpoint']} when {self.resume.name} was written")
+
+    def check_resume_data(self) -> None:
+        if self.resume is not None:
+            diff = other_differences(self.resume_ce, self.dataset_fp, self.base, {})
+            if diff:
+                refuse_resume(self.resume, diff)
+
     def load_data(self) -> None:
         c = self.c
         read_padding_meta(c.ds_dir)  # its errors say how to build the dataset
         self.rows: PaddedRows = load_padded_dataset(c.ds_dir, progress=self.rt.is_main)
+        self.dataset_fp = dataset_fingerprint(self.rows)
         if self.rows.n_rows == 0:
             raise ValueError(f"{c.ds_dir} holds no rows")
         longest = int(self.rows.lengths.max())
@@ -107,41 +156,17 @@ class _Trainer:
     def steps_in_epoch(self, epoch: int) -> int:
         return math.ceil(len(self.rank_plan(epoch)) / self.c.grad_accum)
 
-    def find_resume(self) -> Path | None:
-        c = self.c
-        if c.lora_ckpt is None:
-            if list_checkpoints(self.out) or (self.out / FINAL_NAME).is_dir():
-                raise FileExistsError(f"{self.out} already holds checkpoints of an earlier run; pass --lora_ckpt "
-                                      f"{self.out} to continue it, or choose an empty --output_dir")
-            return None
-        src = Path(c.lora_ckpt)
-        found = newest_checkpoint(src)
-        if found is None:
-            why = "does not exist" if not src.exists() else "holds no checkpoint-<step>/ or final/ folder"
-            self.log(f"--lora_ckpt {src} {why}; starting fresh")
-            return None
-        self.log(f"resuming from {found[1]} (step {found[0]})")
-        return found[1]
-
     def build_model(self, resume: Path | None) -> None:
         c, rt = self.c, self.rt
         torch.manual_seed(c.seed)
         rwkv = load_rwkv5(c.model_file, device=rt.device, dtype=rt.base_dtype, with_head=False)
         self.model_config = rwkv.config
-        top = int(self.rows.tokens.max()) if self.rows.tokens.size else 0
-        if top >= rwkv.config.vocab_size:
-            raise ValueError(f"the dataset has token id {top} but the model's vocabulary is {rwkv.config.vocab_size}; "
-                             "use a base model with the RWKV World vocabulary (65536)")
+        rt.agree(lambda: self.check_model_fits(rwkv, resume))
         rwkv.gradient_checkpointing = c.grad_cp
         ce = CrossEncoder(rwkv, head_seed=c.seed)
         if resume is not None:
+            # LoRA settings were compared with the flags before (a difference is refused).
             self.peft_model = PeftModel.from_pretrained(ce, str(resume), is_trainable=True)
-            lc: LoraConfig = self.peft_model.peft_config["default"]
-            saved = (lc.r, float(lc.lora_alpha), float(lc.lora_dropout), sorted(lc.target_modules))
-            asked = (c.lora_r, float(c.lora_alpha), float(c.lora_dropout), sorted(c.lora_targets))
-            if saved != asked:
-                self.log(f"note: continuing with the checkpoint's LoRA settings r={lc.r} alpha={lc.lora_alpha} "
-                         f"dropout={lc.lora_dropout} targets={sorted(lc.target_modules)}, not the flags")
         else:
             self.peft_model = attach_lora(ce, make_lora_config(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets))
         lc = self.peft_model.peft_config["default"]
@@ -154,6 +179,14 @@ class _Trainer:
         self.model = DDP(self.peft_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
             if rt.distributed else self.peft_model
         self.loss_fn = get_loss(c.loss)
+
+    def check_model_fits(self, rwkv, resume: Path | None) -> None:
+        top = int(self.rows.tokens.max()) if self.rows.tokens.size else 0
+        if top >= rwkv.config.vocab_size:
+            raise ValueError(f"the dataset has token id {top} but the model's vocabulary is {rwkv.config.vocab_size}; "
+                             "use a base model with the RWKV World vocabulary (65536)")
+        if resume is not None:  # a legacy .pth is only inspected now that it is loaded
+            check_architecture(rwkv.config, self.resume_ce, self.c.model_file, resume)
 
     def build_optimizer(self) -> None:
         c = self.c
@@ -176,13 +209,16 @@ class _Trainer:
         return {"format": STATE_FORMAT, "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.pos,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rngs, "world_size": self.rt.world_size, "seed": self.c.seed,
-                "tokens_real": self.real_base + real, "tokens_processed": self.proc_base + proc}
+                "tokens_real": self.real_base + real, "tokens_processed": self.proc_base + proc,
+                "nonfinite": {"total": self.bad_total, "in_a_row": self.bad_in_a_row, "recent": self.bad_recent}}
 
-    def restore(self, path: Path) -> None:
-        st = load_training_state(path)
+    def restore(self, st: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.step, self.epoch, self.pos = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
+        bad = st.get("nonfinite") or {}
+        self.bad_total, self.bad_in_a_row = int(bad.get("total", 0)), int(bad.get("in_a_row", 0))
+        self.bad_recent = list(bad.get("recent", []))
         if self.rt.is_main:
             self.real_base, self.proc_base = float(st["tokens_real"]), float(st["tokens_processed"])
         if st["world_size"] == self.rt.world_size:
@@ -209,9 +245,15 @@ class _Trainer:
             "loss": self.c.loss, "accuracy_threshold": ACCURACY_THRESHOLD[self.c.loss],
             "lora": self.lora_settings, "model": dataclasses.asdict(self.model_config),
             "base_model_file": Path(self.c.model_file).name, "dataset": str(self.c.ds_dir),
+            # What a resume must match (run_dir.flag_differences / other_differences).
+            "flags": self.c.to_dict(), "dataset_fingerprint": self.dataset_fp, "base_model": self.base,
         }
 
     def save(self, path: Path) -> None:
+        # Parameters are identical on every process (DDP), so all take this decision alike.
+        if not all(bool(torch.isfinite(p).all()) for p in self.trainable):
+            raise TrainingDiverged(f"the weights are not finite after step {self.step}, so {path.name} was not "
+                                   f"saved; {newest_note(self.c)}. Lower --lr or keep --max_grad_norm > 0")
         state = self.training_state()  # collective: every process takes part
         if self.rt.is_main:
             save_checkpoint(path, self.peft_model, self.ce_config(), state)
@@ -220,8 +262,9 @@ class _Trainer:
         self.rt.barrier()
 
     # ---------------------------------------------------------------- steps
-    def train_step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
-        """Forward/backward over one accumulation window, then one optimizer step -> (loss, grad norm)."""
+    def train_step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float, bool]:
+        """Forward/backward over one accumulation window, then one optimizer step -> (loss, grad
+        norm, whether the step was taken: not when the loss or gradient is non-finite anywhere)."""
         dev, n = self.rt.device, len(micro)
         loss_sum = 0.0
         for j, mb in enumerate(micro):
@@ -238,10 +281,18 @@ class _Trainer:
             norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.c.max_grad_norm))
         else:
             norm = float(torch.norm(torch.stack([p.grad.norm() for p in self.trainable if p.grad is not None])))
+        loss = loss_sum / n
+        # The gradients are all-reduced, the loss is not: one process's inf loss must stop all.
+        if self.rt.any_true(not (math.isfinite(loss) and math.isfinite(norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()  # the schedule stays a function of the step number
+            return loss, norm, False
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum / n, norm
+        return loss, norm, True
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -270,19 +321,21 @@ class _Trainer:
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
         c, rt = self.c, self.rt
-        _check_config(c)
-        self.load_data()
-        resume = self.find_resume()
+        rt.agree(self.preflight)
+        rt.agree(self.load_data)
+        rt.agree(self.check_resume_data)
+        resume = self.resume
         self.build_model(resume)
-        self.build_optimizer()
+        rt.agree(self.build_optimizer)
         self.step, self.epoch, self.pos = 0, 0, 0
         self.real_local = self.proc_local = 0.0
         self.real_base = self.proc_base = 0.0
+        self.bad_total, self.bad_in_a_row, self.bad_recent = 0, 0, []
         # Dropout draws from the global RNG: seed it per process after the model is built (the
         # init above also draws from it), or restore the exact stream of the interrupted run.
         torch.manual_seed(c.seed + 1 + rt.rank)
         if resume is not None:
-            self.restore(resume)
+            self.restore(self.resume_state)
         start_step = self.step
         if rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +363,8 @@ class _Trainer:
         self.t0 = time.perf_counter()
         self.last_eval_step, self.last_eval = -1, {}
         win_loss, win_steps = 0.0, 0
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step", disable=not rt.is_main)
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc="training", unit="step",
+                           disable=not rt.is_main)
         while self.step < self.total_steps:
             plan = self.rank_plan(self.epoch)
             if self.pos >= len(plan):
@@ -326,13 +380,17 @@ class _Trainer:
             it = iter(loader)
             while self.pos < len(plan) and self.step < self.total_steps:
                 n = min(c.grad_accum, len(plan) - self.pos)
-                loss, norm = self.train_step([next(it) for _ in range(n)])
+                loss, norm, taken = self.train_step([next(it) for _ in range(n)])
                 self.step += 1
                 self.pos += n
                 epoch_ended = self.pos >= len(plan)
                 if epoch_ended:  # checkpoints taken now must point at the next epoch
                     self.epoch, self.pos = self.epoch + 1, 0
-                win_loss, win_steps = win_loss + loss, win_steps + 1
+                if taken:
+                    win_loss, win_steps = win_loss + loss, win_steps + 1
+                    self.bad_in_a_row = 0
+                else:
+                    self.skipped(loss, norm)
                 lr = self.scheduler.get_last_lr()[0]
                 elapsed = max(time.perf_counter() - self.t0, 1e-9)
                 bar.update(1)
@@ -342,7 +400,7 @@ class _Trainer:
                 last = self.step >= self.total_steps or self.epoch_done()
                 do_eval = self.eval_groups.size > 0 and (last or (c.eval_every > 0 and self.step % c.eval_every == 0))
                 if self.step % c.log_every == 0 or do_eval or last:
-                    row = self.train_row(win_loss / win_steps, norm, lr, elapsed)
+                    row = self.train_row(win_loss / win_steps if win_steps else None, norm, lr, elapsed)
                     if do_eval:
                         self.last_eval = self.evaluate()
                         row.update(self.last_eval)
@@ -360,13 +418,30 @@ class _Trainer:
                 break
         bar.close()
 
+    def skipped(self, loss: float, norm: float) -> None:
+        """Count a step that made no update; stop once NONFINITE_LIMIT came in a row."""
+        self.bad_total += 1
+        self.bad_in_a_row += 1
+        self.bad_recent = (self.bad_recent + [self.step])[-NONFINITE_LIMIT:]
+        where = " on some process" if self.rt.distributed else ""
+        self.log(f"warning: step {self.step}: the loss or gradient is not finite{where} (here: loss {loss:.4g}, "
+                 f"gradient norm {norm:.4g}); no update was made ({self.bad_in_a_row} in a row, {self.bad_total} in "
+                 f"all; training stops at {NONFINITE_LIMIT} in a row)")
+        if self.bad_in_a_row >= NONFINITE_LIMIT:
+            steps = ", ".join(map(str, self.bad_recent))
+            raise TrainingDiverged(f"training diverged: the loss or gradients were not finite at steps {steps} "
+                                   f"({NONFINITE_LIMIT} in a row), so it stopped at step {self.step} without saving; "
+                                   f"{newest_note(self.c)}. Lower --lr, or clip with --max_grad_norm 1")
+
     def epoch_done(self) -> bool:
         return self.c.max_steps is None and self.epoch >= self.c.epochs
 
-    def train_row(self, loss: float, norm: float, lr: float, elapsed: float) -> dict[str, Any]:
+    def train_row(self, loss: float | None, norm: float, lr: float, elapsed: float) -> dict[str, Any]:
         real, proc = self.rt.all_reduce_sum([self.real_local, self.proc_local])
-        loss = self.rt.all_reduce_sum([loss])[0] / self.rt.world_size
-        return {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr, "grad_norm": norm,
+        if loss is not None:  # None (every step of the window skipped) on all processes alike
+            loss = self.rt.all_reduce_sum([loss])[0] / self.rt.world_size
+        return {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr,
+                "grad_norm": norm if math.isfinite(norm) else None, "skipped_steps": self.bad_total,
                 "tokens_real": self.real_base + real, "tokens_processed": self.proc_base + proc,
                 "processed_over_real": proc / real if real else None,
                 "real_tokens_per_s": real / elapsed, "elapsed_s": elapsed}
@@ -382,7 +457,8 @@ class _Trainer:
             "rows": self.rows.n_rows, "groups": self.spans.n_groups, "train_groups": int(self.train_groups.size),
             "eval_groups": int(self.eval_groups.size), "padding": self.rows.meta,
             "model": dataclasses.asdict(self.model_config), "lora": self.lora_settings,
-            "trainable_params": self.n_trainable}}
+            "trainable_params": self.n_trainable, "base_model": self.base, "dataset_fingerprint": self.dataset_fp,
+            "changed_on_resume": self.changed_flags}}
 
     def finish(self, start_step: int) -> dict[str, Any]:
         rt = self.rt
@@ -397,6 +473,7 @@ class _Trainer:
         elapsed = time.perf_counter() - self.t0
         real, proc = rt.all_reduce_sum([self.real_local, self.proc_local])
         summary = {"steps_run": self.step - start_step, "step": self.step, "epoch": self.epoch,
+                   "skipped_steps": self.bad_total,
                    "tokens_real": real, "tokens_processed": proc,
                    "processed_over_real": proc / real if real else None, "elapsed_s": elapsed,
                    "final_dir": str(self.out / FINAL_NAME), **final_eval}
