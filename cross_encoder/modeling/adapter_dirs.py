@@ -120,15 +120,16 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def candidate_dirs(folder: str | Path) -> list[Path]:
-    """final/ and every checkpoint-<step>/ in a training output folder, newest first by the step in
-    the name (final/, written last, first among equals; its step is read from its config)."""
+    """final/ and every checkpoint-<step>/ in a training output folder that is not empty, newest
+    first by the step in the name (final/, written last, first among equals; its step is read
+    from its config)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     keyed = []
     for p in folder.iterdir():
         m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir():
+        if m and p.is_dir() and any(p.iterdir()):
             keyed.append(((int(m.group(1)), 0), p))
     final = folder / FINAL_NAME
     if final.is_dir() and any(final.iterdir()):
