@@ -3,7 +3,6 @@ not match, stops on divergence without saving non-finite weights, refuses damage
 inputs with one line, falls back from a damaged checkpoint, and stops on Ctrl-C with one line."""
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -13,12 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file
-from trainer_helpers import cli_args, hooked_trainer, tiny_model, toy_dataset
+from trainer_helpers import (adapter_weights, assert_same_adapter, cli_args, hooked_trainer, tiny_model, toy_config,
+                             toy_dataset)
 
 import cross_encoder.training.trainer as trainer
 from cross_encoder.modeling import load_cross_encoder
-from cross_encoder.training.config import TrainConfig
 from cross_encoder.training.data import load_padded_dataset
 from cross_encoder.training.trainer import NONFINITE_LIMIT, main
 from long_ctx.common.cli_errors import UsageError
@@ -31,11 +29,7 @@ def assets(tmp_path_factory):
 
 
 def config(assets, out, **kw):
-    base = dict(model_file=str(assets[0]), ds_dir=str(assets[1]), output_dir=str(out), ctx_len=64, bs=6,
-                lr=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.1, eval_fraction=0.25, eval_every=0,
-                log_every=1, save_every=0, seed=0, device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
+    return toy_config(assets, out, **{"device": "cpu", **kw})
 
 
 RUN = dict(max_steps=6, save_every=2, save_total_limit=0)
@@ -59,14 +53,7 @@ def copy_run(src, dst, keep=("checkpoint-2", "checkpoint-4")):
     return dst
 
 
-def adapter(path):
-    return load_file(str(path / "adapter_model.safetensors"))
-
-
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+adapter, assert_same = adapter_weights, assert_same_adapter
 
 
 def snapshot(folder):

@@ -6,14 +6,13 @@ import sys
 import orjson
 import pytest
 import torch
-from safetensors.torch import load_file
-from trainer_helpers import cli_args, hooked_trainer, tiny_model, toy_dataset
+from trainer_helpers import (adapter_weights, assert_same_adapter, cli_args, hooked_trainer, read_metrics_rows,
+                             tiny_model, toy_config, toy_dataset)
 
 from cross_encoder.modeling import load_cross_encoder
 from cross_encoder.training.config import TrainConfig
 from cross_encoder.training.losses import LOSSES
 from cross_encoder.training.trainer import lr_lambda, main
-
 
 
 @pytest.fixture(scope="module")
@@ -22,26 +21,9 @@ def assets(tmp_path_factory):
     return tiny_model(d / "m.pth"), toy_dataset(d / "ds", n_groups=24, max_length=40)
 
 
-def config(assets, out, **kw):
-    base = dict(model_file=str(assets[0]), ds_dir=str(assets[1]), output_dir=str(out), ctx_len=64, bs=6,
-                lr=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.1, eval_fraction=0.25, eval_every=0,
-                log_every=1, save_every=0, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def adapter(path):
-    return load_file(str(path / "adapter_model.safetensors"))
-
-
-def assert_same_adapter(a, b, atol=1e-6):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=k)
-
-
-def metrics(out):
-    return [orjson.loads(line) for line in (out / "metrics.jsonl").read_bytes().splitlines()]
+config = toy_config
+adapter = adapter_weights
+metrics = read_metrics_rows
 
 
 def test_lr_schedule_warmup_then_cosine():

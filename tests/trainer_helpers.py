@@ -151,3 +151,32 @@ def hooked_trainer(path: str | Path, on_step: str, setup: str = "") -> Path:
     path = Path(path)
     path.write_text(HOOK_SCRIPT.format(setup=setup, body=on_step, script=str(TRAIN_SCRIPT)))
     return path
+
+
+def toy_config(assets, out, **kw):
+    """The TrainConfig the trainer tests start from: (tiny model, toy dataset) of `assets`, tiny LoRA."""
+    from cross_encoder.training.config import TrainConfig
+
+    base = dict(model_file=str(assets[0]), ds_dir=str(assets[1]), output_dir=str(out), ctx_len=64, bs=6,
+                lr=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.1, eval_fraction=0.25, eval_every=0,
+                log_every=1, save_every=0, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def adapter_weights(path: str | Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "adapter_model.safetensors"))
+
+
+def assert_same_adapter(a: dict, b: dict, atol: float = 1e-6) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=k)
+
+
+def read_metrics_rows(out: str | Path) -> list[dict]:
+    return [orjson.loads(line) for line in (Path(out) / "metrics.jsonl").read_bytes().splitlines()]
