@@ -222,7 +222,8 @@ def _add_batch(f: Path, batch: pa.RecordBatch, L: int, cls_id: int, toks: list, 
 
 def dataset_fingerprint(rows: PaddedRows) -> dict[str, Any]:
     """What identifies the training data for a resume: special ids, row length, counts and a hash
-    of every real token, length, label and group (~1 s per GB of real tokens)."""
+    of every real token, length, label and group (blake2b: 550 MB/s measured on the shared 2-core
+    machine, ~2 s per GB of real tokens at every start)."""
     h = hashlib.blake2b(digest_size=16)
     for arr in (rows.tokens, rows.lengths, rows.labels, rows.groups):
         arr = np.ascontiguousarray(arr)
