@@ -98,6 +98,7 @@ def iter_queries(reader: LineReader, skipped: collections.Counter) -> Iterator[t
 def main(config: RerankConfig, reranker=None) -> dict[str, Any]:
     """Rerank every line; returns a summary (also printed). `reranker` skips loading the model."""
     from cross_encoder.serving.reranker import QueryCutWarning
+
     if config.question_batch < 1:
         raise ValueError(f"--question_batch must be >= 1, got {config.question_batch}")
     if not Path(config.input_file).is_file():
