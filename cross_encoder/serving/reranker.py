@@ -144,6 +144,12 @@ class Reranker:
                           "tokens are scored, so the documents keep room; Reranker.queries_cut counts such queries",
                           QueryCutWarning, stacklevel=3)
 
+    def fits(self, question_ids: Sequence[int], doc_ids: Sequence[int]) -> bool:
+        """Whether the pair is scored whole: the query within `max_query_tokens` and query + SEP +
+        document + CLS within `max_length` (otherwise `row` cuts the query's or document's tail)."""
+        return (len(question_ids) <= self.max_query_tokens
+                and len(question_ids) + len(doc_ids) + 2 <= self.max_length)
+
     def row(self, question_ids: Sequence[int], doc_ids: Sequence[int]) -> list[int]:
         """The row of one pair without its padding: the training row (`build_row(...)[:length]`)
         of the kept query (`kept_query`) and the document."""

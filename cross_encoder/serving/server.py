@@ -149,11 +149,11 @@ def prepare(reranker: Any, query: str, texts: list[str], truncate: bool, field: 
     q, docs = reranker.encode(query, texts)
     limit = reranker.max_length
     if not truncate:
-        if len(q) + 2 > limit:
-            raise ApiError(413, f"query is {len(q)} tokens; with SEP and CLS that is over the model's row limit "
-                           f"of {limit} tokens even with an empty document; shorten it or send \"truncate\": true",
-                           "payload_too_large")
-        long_ = [i for i, d in enumerate(docs) if len(q) + len(d) + 2 > limit]
+        if len(q) > reranker.max_query_tokens:
+            raise ApiError(413, f"query is {len(q)} tokens; the model keeps at most {reranker.max_query_tokens} "
+                           f"(half of its row limit of {limit} - 2, so documents keep room); shorten it or send "
+                           "\"truncate\": true", "payload_too_large")
+        long_ = [i for i, d in enumerate(docs) if not reranker.fits(q, d)]
         if long_:
             i = long_[0]
             others = f" (also too long: {len(long_) - 1} more, e.g. {field}[{long_[1]}])" if len(long_) > 1 else ""
