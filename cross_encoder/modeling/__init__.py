@@ -4,10 +4,22 @@ one is found) and `loading` (base `.pth` + adapter folder -> model in eval mode)
 `cross_encoder.rwkv5`, peft and torch; never training, evaluation or serving.
 
     from cross_encoder.modeling import load_cross_encoder
-"""
-from cross_encoder.modeling.loading import (check_model_file, load_ce_config, load_cross_encoder,
-                                           resolve_adapter_dir)
-from cross_encoder.modeling.model import CrossEncoder, attach_lora, make_lora_config
 
-__all__ = ["CrossEncoder", "attach_lora", "check_model_file", "load_ce_config", "load_cross_encoder",
-           "make_lora_config", "resolve_adapter_dir"]
+The names below resolve on first use: importing peft takes seconds, and code that only needs
+`adapter_dirs` (finding a checkpoint, the server's /info) should not pay for it.
+"""
+import importlib
+
+_EXPORTS = {
+    "check_model_file": "loading", "load_ce_config": "loading", "load_cross_encoder": "loading",
+    "resolve_adapter_dir": "loading", "CrossEncoder": "model", "attach_lora": "model",
+    "make_lora_config": "model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
