@@ -4,31 +4,17 @@ With rows shuffled individually, the global plan at --bs b cut among 2 processes
 the rows that one process at --bs 2b sees in its batch i; DDP averages the two per-process mean
 gradients, which is the mean gradient over the union. With dropout off the weights must agree.
 """
-import os
-import subprocess
-import sys
-
 import orjson
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import REPO, tiny_model, toy_dataset
+from trainer_helpers import two_process_run
 
 from cross_encoder.training.config import TrainConfig
 from cross_encoder.training.trainer import main
 
 
 def test_torchrun_two_process_gloo_matches_single_process(tmp_path):
-    model_file = tiny_model(tmp_path / "m.pth")
-    ds = toy_dataset(tmp_path / "ds", n_groups=24, max_length=40)
-    common = ["--model_file", str(model_file), "--ds_dir", str(ds), "--ctx_len", "64", "--lr", "5e-3",
-              "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--eval_fraction", "0.25",
-              "--eval_every", "2", "--log_every", "1", "--save_every", "2", "--seed", "0", "--max_steps", "4",
-              "--device", "cpu"]
-    out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(REPO / "cross_encoder" / "1_peft_training_ce.py"), *common, "--bs", "3",
-                           "--output_dir", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    model_file, ds, out, proc = two_process_run()  # --bs 3 on each of 2 processes
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cfg = orjson.loads((out / "config.json").read_bytes())
     assert cfg["resolved"]["world_size"] == 2

@@ -6,8 +6,13 @@ writer); `pipeline_padded_dataset` runs the real pipeline on the bundled NQ samp
 """
 from __future__ import annotations
 
+import atexit
+import functools
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -180,3 +185,35 @@ def assert_same_adapter(a: dict, b: dict, atol: float = 1e-6) -> None:
 
 def read_metrics_rows(out: str | Path) -> list[dict]:
     return [orjson.loads(line) for line in (Path(out) / "metrics.jsonl").read_bytes().splitlines()]
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def ddp_args(model_file, ds, out, bs: int = 3) -> list[str]:
+    """The trainer flags of the DDP tests: 4 steps, eval and save every 2, dropout off (so runs on
+    different process layouts are comparable)."""
+    return ["--model_file", str(model_file), "--ds_dir", str(ds), "--output_dir", str(out), "--ctx_len", "64",
+            "--lr", "5e-3", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--eval_fraction", "0.25",
+            "--eval_every", "2", "--log_every", "1", "--save_every", "2", "--seed", "0", "--max_steps", "4",
+            "--device", "cpu", "--bs", str(bs)]
+
+
+def torchrun_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@functools.lru_cache(maxsize=None)
+def two_process_run() -> tuple[Path, Path, Path, subprocess.CompletedProcess]:
+    """(model file, dataset, output folder, process) of one 2-process gloo run on one node
+    (`torchrun --standalone --nproc_per_node 2`), made once per session: the DDP and the multi-node
+    tests compare against it."""
+    work = Path(tempfile.mkdtemp(prefix="ddp-run-"))
+    atexit.register(shutil.rmtree, work, True)
+    model_file = tiny_model(work / "m.pth")
+    ds = toy_dataset(work / "ds", n_groups=24, max_length=40)
+    out = work / "ddp"
+    proc = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", str(TRAIN_SCRIPT),
+                           *ddp_args(model_file, ds, out)], capture_output=True, text=True, env=torchrun_env(),
+                          timeout=300)
+    return model_file, ds, out, proc

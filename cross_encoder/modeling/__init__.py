@@ -1,7 +1,8 @@
 """The cross-encoder model on an RWKV-5 trunk: `model` (`CrossEncoder`: trunk + score head read at
 CLS; the peft LoRA configuration), `adapter_dirs` (what an adapter/checkpoint folder holds and how
-one is found) and `loading` (base `.pth` + adapter folder -> model in eval mode). Imports
-`cross_encoder.rwkv5`, peft and torch; never training, evaluation or serving.
+one is found), `loading` (base `.pth` + adapter folder -> model in eval mode), `model_card` (the
+README.md of every adapter folder) and `export` (the LoRA merged into one official `.pth` + the
+score head). Imports `cross_encoder.rwkv5`, peft and torch; never training, evaluation or serving.
 
     from cross_encoder.modeling import load_cross_encoder
 

@@ -25,6 +25,7 @@ from cross_encoder.modeling.adapter_dirs import (  # noqa: F401
     list_checkpoints,
     newest_checkpoint,
 )
+from cross_encoder.modeling.model_card import CARD_NAME, write_model_card
 from long_ctx.common.atomic import atomic_dir, remove_stale_temps, write_json
 
 # Leftovers of a process killed while writing/replacing/deleting a checkpoint: atomic_dir's
@@ -35,13 +36,23 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def save_checkpoint(path: str | Path, peft_model: Any, ce_config: dict[str, Any], state: dict[str, Any]) -> Path:
-    """Write adapter + config + training state into `path` as one atomic folder."""
+def save_checkpoint(path: str | Path, peft_model: Any, ce_config: dict[str, Any], state: dict[str, Any],
+                    metrics: dict[str, Any] | None = None) -> Path:
+    """Write adapter + config + training state + model card into `path` as one atomic folder.
+
+    `metrics`: the eval row of this step (None when the step was not evaluated); the config
+    records it as `eval_metrics` and the card shows it.
+    """
     path = Path(path)
+    ce_config = {**ce_config, "eval_metrics": metrics or None}
+    settings = {"folder": str(path), "world_size": state.get("world_size"), "tokens_real": state.get("tokens_real"),
+                "skipped_steps": (state.get("nonfinite") or {}).get("total")}
     with atomic_dir(path) as tmp:
         peft_model.save_pretrained(str(tmp))
         write_json(tmp / CE_CONFIG_NAME, ce_config)
         torch.save(state, tmp / STATE_NAME)
+        # Replaces the card peft just wrote (no description beyond its template).
+        write_model_card(tmp / CARD_NAME, ce_config, metrics, settings)
         # safetensors creates adapter_model.safetensors 0600; every output follows the umask.
         for f in tmp.iterdir():
             if f.is_file():

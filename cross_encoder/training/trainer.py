@@ -249,14 +249,14 @@ class _Trainer:
             "flags": self.c.to_dict(), "dataset_fingerprint": self.dataset_fp, "base_model": self.base,
         }
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, metrics: dict[str, Any] | None = None) -> None:
         # Parameters are identical on every process (DDP), so all take this decision alike.
         if not all(bool(torch.isfinite(p).all()) for p in self.trainable):
             raise TrainingDiverged(f"the weights are not finite after step {self.step}, so {path.name} was not "
                                    f"saved; {newest_note(self.c)}. Lower --lr or keep --max_grad_norm > 0")
         state = self.training_state()  # collective: every process takes part
         if self.rt.is_main:
-            save_checkpoint(path, self.peft_model, self.ce_config(), state)
+            save_checkpoint(path, self.peft_model, self.ce_config(), state, metrics)
             if path.name != FINAL_NAME:
                 rotate_checkpoints(self.out, self.c.save_total_limit)
         self.rt.barrier()
@@ -408,7 +408,8 @@ class _Trainer:
                     self.write_row(row)
                     win_loss, win_steps = 0.0, 0
                 if c.save_every > 0 and self.step % c.save_every == 0:
-                    self.save(self.out / f"checkpoint-{self.step}")
+                    at_step = self.last_eval if self.last_eval_step == self.step else None
+                    self.save(self.out / f"checkpoint-{self.step}", at_step)
                 if self.on_step is not None:
                     self.on_step(self.step)
                 if epoch_ended:
@@ -469,7 +470,7 @@ class _Trainer:
             self.write_row({"step": self.step, "loss": None, "lr": self.scheduler.get_last_lr()[0], **final_eval})
         elif self.eval_groups.size:
             final_eval = self.last_eval
-        self.save(self.out / FINAL_NAME)
+        self.save(self.out / FINAL_NAME, final_eval)
         elapsed = time.perf_counter() - self.t0
         real, proc = rt.all_reduce_sum([self.real_local, self.proc_local])
         summary = {"steps_run": self.step - start_step, "step": self.step, "epoch": self.epoch,
