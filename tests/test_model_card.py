@@ -49,7 +49,7 @@ def test_every_folder_has_a_card_whose_metrics_are_its_eval_row(run):
         ce = orjson.loads((out / name / "cross_encoder_config.json").read_bytes())
         if step not in rows:
             assert "model-index" not in meta and "metrics" not in meta and ce["eval_metrics"] is None
-            assert "was not evaluated at its step (1)" in text or "was not evaluated at its step (3)" in text
+            assert f"was not evaluated at its step ({step})" in text
             continue
         row = rows[step]
         want = {k: v for k, v in row.items() if k.startswith("eval_") and k not in COUNT_KEYS}
@@ -87,7 +87,7 @@ def test_peft_loads_the_folder_and_resaves_it_keeping_the_card(run, tmp_path):
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scalars)
 def test_yaml_scalar_round_trips_through_pyyaml(value):
     got = yaml.safe_load(f"key: {yaml_scalar(value)}")["key"]
