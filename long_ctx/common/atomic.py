@@ -14,12 +14,13 @@ when it holds the marker of the same script's earlier output and the user passed
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import orjson
 
@@ -132,6 +133,12 @@ def atomic_dir(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
+def interrupted_note(path: PathLike) -> str:
+    """What a run stopped (Ctrl-C, SIGTERM) before its atomic output `path` was renamed leaves."""
+    return (f"nothing was written to {path} (outputs appear only once complete; what was there before is "
+            "unchanged); run the same command again")
+
+
 def write_json(path: PathLike, obj) -> None:
     """Atomically write `obj` as indented JSON (numpy scalars allowed)."""
     with atomic_file(path) as fh:
@@ -190,23 +197,51 @@ def check_output_file(path: PathLike, inputs: Iterable[PathLike] = (), flag: str
     return p
 
 
+def holds_marker(folder: PathLike, markers: Sequence[str] | Mapping[str, Iterable[str]]) -> bool:
+    """Whether `folder` holds one of `markers`: file names, or {JSON file name: keys it must hold}.
+
+    A bare name such as `stats.json` is weak (many tools write one); with keys, the file counts
+    only if it is a JSON object holding all of them, i.e. the one this script writes.
+    """
+    folder = Path(folder)
+    items = markers.items() if isinstance(markers, Mapping) else ((m, ()) for m in markers)
+    for name, keys in items:
+        f = folder / name
+        if not f.is_file():
+            continue
+        keys = list(keys)
+        if not keys:
+            return True
+        try:
+            obj = orjson.loads(f.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(obj, dict) and all(k in obj for k in keys):
+            return True
+    return False
+
+
 def check_output_dir(
     path: PathLike,
-    markers: Sequence[str],
+    markers: Sequence[str] | Mapping[str, Iterable[str]],
     what: str,
     inputs: Iterable[PathLike] = (),
     overwrite: bool = False,
     flag: str = "--output_dir",
+    own: Sequence[str] | None = None,
 ) -> Path:
     """Refuse, before any work, an output folder that is not this script's to (re)place.
 
     Accepted: a missing or empty folder; with `overwrite`, a folder holding one of `markers`
-    (the files this script writes into every output folder, e.g. `padding.json`), i.e. its own
-    earlier output. Refused with a `UsageError` saying what to do: a regular file at `path`; a
-    folder that is, contains or lies inside an input; the current folder or one above it; a
-    non-empty folder without a marker (the user's files, never replaced, not even with
-    --overwrite); an earlier output without `overwrite`. `what` names the output in messages
-    (e.g. "stage-1 dataset").
+    (the files this script writes into every output folder, e.g. `padding.json`; or a mapping
+    {JSON file: keys it must hold}, see `holds_marker`), i.e. its own earlier output. Refused
+    with a `UsageError` saying what to do: a regular file at `path`; a folder that is, contains
+    or lies inside an input; the current folder or one above it; a non-empty folder without a
+    marker (the user's files, never replaced, not even with --overwrite); an earlier output
+    without `overwrite`. `what` names the output in messages (e.g. "stage-1 dataset").
+    `own`, if given, lists glob patterns of every name the script writes there: an earlier
+    output that also holds anything else (a file the user added) is refused too, since
+    replacing the folder would delete it.
     """
     p = Path(path)
     if _names_nothing(p):
@@ -226,10 +261,15 @@ def check_output_dir(
     if p.is_dir():
         entries = [e.name for e in os.scandir(p)]
         if entries:
-            if not any((p / m).is_file() for m in markers):
+            if not holds_marker(p, markers):
                 shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
                 raise UsageError(f"{flag} {p} already holds files that are not a {what} ({shown}); it is never "
                                  "replaced — choose a new or empty folder")
+            foreign = sorted(e for e in entries if own is not None and not any(fnmatch.fnmatchcase(e, g) for g in own))
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise UsageError(f"{flag} {p} holds a {what} and also files it did not write ({shown}); it is "
+                                 "never replaced — move those files out, or choose another folder")
             if not overwrite:
                 raise UsageError(f"{flag} {p} already holds a {what} from an earlier run; pass --overwrite to "
                                  "replace it, or choose another folder")

@@ -3,10 +3,15 @@
 The real NQ file is several GB compressed, so it is decompressed chunk by chunk and never held
 whole in memory or written to disk. `LineReader.input_bytes` reports how much of the file (its
 compressed bytes for `.zst`) has been consumed, which is what a progress bar can honestly show.
+
+A pipe works as well as a file (`zstd -dc big.jsonl.zst | ... --input_file /dev/stdin`, a named
+pipe, `<(...)`): it is read once, front to back, and its size is unknown (`input_size` None).
+Whether it is zstd is decided by the name, so a pipe is read as plain `.jsonl`.
 """
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -25,6 +30,23 @@ def is_zstd_path(path: str | os.PathLike) -> bool:
     return str(path).endswith(".zst")
 
 
+def check_input_file(path: str | os.PathLike, flag: str = "--input_file") -> os.stat_result:
+    """The input's stat if it is a regular file or a pipe; else `InputFileError` saying what it is."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputFileError(f"{p}: no such file; check {flag}") from None
+    except OSError as exc:
+        raise InputFileError(f"{p}: cannot be read ({exc.strerror}); check {flag}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputFileError(f"{p} is a folder, not a file; give {flag} the .jsonl or .jsonl.zst file itself")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise InputFileError(f"{p} is not a regular file or a pipe (a device or socket); give {flag} a "
+                             ".jsonl or .jsonl.zst file")
+    return st
+
+
 class LineReader:
     """Iterate `(line_number, raw_line)` over a file; `line_number` is 0-based.
 
@@ -35,9 +57,10 @@ class LineReader:
     def __init__(self, path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.path = Path(path)
         self.chunk_bytes = chunk_bytes
-        if not self.path.is_file():
-            raise InputFileError(f"{self.path}: no such file; check --input_file")
-        self.input_size = self.path.stat().st_size
+        st = check_input_file(self.path)
+        self.is_pipe = stat.S_ISFIFO(st.st_mode)
+        # A pipe's size is unknown; progress then shows bytes read without a total.
+        self.input_size: int | None = None if self.is_pipe else st.st_size
         self.input_bytes = 0  # bytes of the file consumed so far (compressed bytes for .zst)
 
     def _raw_chunks(self, fh: BinaryIO) -> Iterator[bytes]:
@@ -76,8 +99,8 @@ class LineReader:
         if frame_open:
             raise InputFileError(
                 f"{self.path}: truncated zstd file (the last frame ends early after "
-                f"{self.input_bytes:,} of {self.input_size:,} bytes); the download is probably "
-                f"incomplete, fetch it again"
+                f"{self.input_bytes:,} of {'?' if self.input_size is None else f'{self.input_size:,}'} bytes); "
+                f"the download is probably incomplete, fetch it again"
             )
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:

@@ -1,4 +1,4 @@
-"""Streaming parquet shard writer with Hugging Face shard names.
+"""Streaming parquet shard writer with Hugging Face shard names (and page checksums).
 
 Row groups and shard boundaries are cut at fixed row counts (not where incoming batches happen to
 end), so the bytes written depend only on the rows and the settings, never on how the producer
@@ -47,6 +47,12 @@ class ShardWriter:
         self._shard_rows = 0
         self._parts: list[Path] = []
 
+    def _open(self, part: Path) -> pq.ParquetWriter:
+        # Page checksums (CRC32): a reader that verifies them (stage 2 does) turns a flipped bit
+        # in the data into an error naming the file instead of silently different token ids.
+        return pq.ParquetWriter(part, self.schema, compression=self.compression,
+                                use_dictionary=self.use_dictionary, write_page_checksum=True)
+
     def write(self, batch: pa.RecordBatch | pa.Table | None) -> None:
         if batch is None or batch.num_rows == 0:
             return
@@ -66,9 +72,7 @@ class ShardWriter:
         if self._writer is None:
             part = self.out_dir / f".part-{len(self._parts):05d}.parquet"
             self._parts.append(part)
-            self._writer = pq.ParquetWriter(
-                part, self.schema, compression=self.compression, use_dictionary=self.use_dictionary
-            )
+            self._writer = self._open(part)
         self._writer.write_table(head, row_group_size=n)
         self._shard_rows += n
         self.num_rows += n
@@ -90,8 +94,7 @@ class ShardWriter:
             # No row group at all: `datasets` derives its batch size from the first row group and
             # fails on a 0-row one.
             part = self.out_dir / ".part-00000.parquet"
-            pq.ParquetWriter(part, self.schema, compression=self.compression,
-                             use_dictionary=self.use_dictionary).close()
+            self._open(part).close()
             self._parts.append(part)
         final = []
         for i, part in enumerate(self._parts):

@@ -71,8 +71,12 @@ class LineProgress:
     def __enter__(self) -> "LineProgress":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        # A run that failed or was interrupted ends with its one error line, not a progress line.
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
 
 
 def progress_bar(total: float | None = None, desc: str = "", unit: str = "it", disable: bool = False,
