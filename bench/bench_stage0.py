@@ -12,7 +12,12 @@ bench/out/, then measures:
    on the same chunks of records, CPU time, best of several rounds. On a shared machine this is
    the number least disturbed by other processes.
 
+3. With `--big_line MB`: the peak memory one huge input line costs (a record of that many MB in
+   a few shapes: ASCII text carried twice as in the real file, ASCII in two giant passages, CJK
+   text), as peak RSS above the process's size before the line, against the line's own size.
+
     python bench/bench_stage0.py [--records 1500] [--workers N]
+    python bench/bench_stage0.py --big_line 50
 """
 import argparse
 import io
@@ -119,18 +124,86 @@ def interleaved(inp: Path, n_records: int, rounds: int = 5, chunk: int = 10) -> 
     return sum(best_ref) / len(lines) * 1e3, sum(best_s0) / len(lines) * 1e3
 
 
+BIG_LINE_SHAPES = {
+    "ascii_200_docs_text_twice": "ASCII words, 200 passages, `text` + `prompt`/`completion` (the real layout)",
+    "ascii_2_giant_docs": "ASCII words, 2 passages of half the line each, `text` only",
+    "cjk_200_docs": "CJK words (20,000-word vocabulary, some emoji), 200 passages, `text` only",
+}
+
+
+def big_line(shape: str, mb: float) -> bytes:
+    """One JSON row of about `mb` MB in the NQ format (plain Python, seeded)."""
+    import random
+
+    from long_ctx.stage0.nq_format import NQRecord, render_text
+
+    rng = random.Random(0)
+    twice = shape.endswith("text_twice")
+    if shape.startswith("cjk"):
+        chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)] + ["😀", "é"]
+        vocab = ["".join(rng.choices(chars, k=rng.randint(1, 4))) for _ in range(20_000)]
+        bytes_per_word = 8.5  # ~2.5 characters of 3 UTF-8 bytes, plus a space
+    else:
+        vocab = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(5000)]
+        bytes_per_word = 6.5
+    n_docs = 2 if "2_giant" in shape else 200
+    words = int(mb * 1e6 / (2 if twice else 1) / bytes_per_word / n_docs)
+    docs = [" ".join(rng.choices(vocab, k=words)) for _ in range(n_docs)]
+    text = render_text(NQRecord(" ".join(vocab[:6]), vocab[7], "a long answer", docs, 1), "Read these.")
+    row = {"text": text, "prompt": text[:-30], "completion": text[-30:]} if twice else {"text": text}
+    return json.dumps(row, ensure_ascii=False).encode()
+
+
+def big_line_child(path: str) -> None:
+    from long_ctx.stage0.driver import Stage0Config, process_line
+
+    cfg = Stage0Config(path, "unused", progress=False)
+    line = Path(path).read_bytes()
+    process_line(0, b'{"text": "warm-up"}', cfg)
+    statm = Path("/proc/self/statm").read_text().split()
+    before_mb = int(statm[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20  # resident now, the line included
+    start = time.perf_counter()
+    result = process_line(0, line, cfg)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"line_mb": len(line) / 2**20, "extra_mb": peak_mb - before_mb, "seconds": time.perf_counter() - start,
+                      "skip": result[2]}))
+
+
+def run_big_line(mb: float) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(f"One {mb:g} MB line through stage 0's per-line work (`process_line`, as in a worker), "
+          "peak RSS above the process before the line\n")
+    print("| line | line MB | extra peak RSS MB | x line | seconds |")
+    print("|---|---:|---:|---:|---:|")
+    for shape, label in BIG_LINE_SHAPES.items():
+        path = OUT / f"big_line_{shape}_{mb:g}.jsonl"
+        path.write_bytes(big_line(shape, mb))
+        res = subprocess.run([sys.executable, __file__, "--child", "big_line", "--input", str(path)],
+                             check=True, capture_output=True, text=True)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"| {label} | {r['line_mb']:.1f} | {r['extra_mb']:,.0f} | {r['extra_mb'] / r['line_mb']:.1f}x | "
+              f"{r['seconds']:.1f} |")
+        path.unlink()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=1500, help="records in the generated input (default 1500)")
     p.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="workers for the all-cores run (default: CPU count)")
     p.add_argument("--interleaved_records", type=int, default=300, help="records for the interleaved per-record measurement (default 300)")
-    p.add_argument("--child", choices=["reference", "stage0"], help=argparse.SUPPRESS)
+    p.add_argument("--big_line", type=float, default=None, metavar="MB",
+                   help="instead: measure the peak memory of one line of about MB megabytes, in several shapes")
+    p.add_argument("--child", choices=["reference", "stage0", "big_line"], help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child == "big_line":
+        return big_line_child(args.input)
     if args.child:
         return child(args)
+    if args.big_line:
+        return run_big_line(args.big_line)
 
     inp = make_input(args.records, args.seed)
     size_mb = inp.stat().st_size / 1e6

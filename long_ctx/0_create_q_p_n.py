@@ -1,14 +1,15 @@
 """Stage 0: NQ multi-document rows (.jsonl.zst or .jsonl) -> question/positive/negative jsonl."""
 import argparse
 
+from long_ctx.common.atomic import interrupted_note
 from long_ctx.common.cli_errors import run_cli
 from long_ctx.stage0.driver import Stage0Config, main, print_summary
 
 
 def parse_args(argv=None) -> Stage0Config:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--input_file", required=True, help="NQ rows: .jsonl.zst (streamed) or .jsonl")
-    p.add_argument("--output_file", required=True, help="output .jsonl, written atomically; stats go to OUTPUT.stats.json")
+    p.add_argument("--input_file", required=True, help="NQ rows: .jsonl.zst (streamed) or .jsonl; a pipe (e.g. /dev/stdin) is read as .jsonl")
+    p.add_argument("--output_file", required=True, help="output .jsonl (or .jsonl.zst: zstd-compressed), written atomically; stats go to OUTPUT.stats.json")
     p.add_argument("--num_splits", type=int, default=0, help="worker processes (default 0 = one per CPU); output is identical for any value")
     p.add_argument("--negative_strategy", choices=["least", "hardest", "random"], default="least", help="least: lowest BM25 score; hardest: highest; random: seeded by (seed, line number)")
     p.add_argument("--num_negatives", type=int, default=1, help="negatives per record, best first by the strategy (default 1)")
@@ -28,4 +29,4 @@ def parse_args(argv=None) -> Stage0Config:
 
 if __name__ == "__main__":
     config = parse_args()
-    run_cli(lambda: (config.validate(), print_summary(main(config))))
+    run_cli(lambda: print_summary(main(config)), interrupted=interrupted_note(config.output_file))

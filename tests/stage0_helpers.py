@@ -29,11 +29,13 @@ def ref_scores(documents: list[str], query: str, tokenizer: str = "words") -> np
 def ref_negatives(
     scores, documents, gold_index: int, answer: str, strategy: str, k: int, filter_docs: bool = True
 ) -> list[int]:
-    """Brute force: sort candidates by (score, index) or (-score, index)."""
+    """Brute force: sort candidates by (score, index) or (-score, index). Never the gold, nor a
+    document equal to it once whitespace runs are one space (the documented rule)."""
     needle = answer.lower()
+    gold_words = documents[gold_index].split()
     cands = [
         i for i, d in enumerate(documents)
-        if i != gold_index and not (filter_docs and needle and needle in d.lower())
+        if i != gold_index and d.split() != gold_words and not (filter_docs and needle and needle in d.lower())
     ]
     sign = 1 if strategy == "least" else -1
     return sorted(cands, key=lambda i: (sign * scores[i], i))[:k]

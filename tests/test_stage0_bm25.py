@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stage0_helpers import ref_scores, ref_whitespace, ref_words
 
-from long_ctx.stage0.bm25 import (bm25_scores, index_documents, rank_documents, term_index, tokenize_whitespace,
-                                  tokenize_words)
+from long_ctx.stage0.bm25 import (bm25_scores, index_documents, rank_documents, scoring, term_index,
+                                  tokenize_whitespace, tokenize_words)
 
 # Characters where Unicode subtleties bite: case mappings that change length or need context
 # (İ, Σ), non-ASCII lowercasing to ASCII (Kelvin sign), marks that are not \w, digits and
@@ -63,6 +63,20 @@ def test_negative_idf_floor_is_exercised():
     assert_same(docs, "a b", "words")
     assert_same(docs, "a", "words")
     assert bm25_scores(docs, "a").min() > 0  # floored to epsilon * mean idf, not zeroed
+
+
+@pytest.mark.parametrize("stream_chars", [1, 1 << 20])
+@settings(max_examples=200, deadline=None)
+@given(text=_tricky_text)
+def test_token_streams_equal_the_tokenizers(stream_chars, text):
+    # The exact path counts tokens one at a time for huge texts (regex \S+ / \w+ matches).
+    old = scoring.STREAM_CHARS
+    try:
+        scoring.STREAM_CHARS = stream_chars
+        assert list(scoring.iter_words(text)) == ref_words(text)
+        assert list(scoring.iter_whitespace(text)) == ref_whitespace(text)
+    finally:
+        scoring.STREAM_CHARS = old
 
 
 def test_tokenizer_definitions():

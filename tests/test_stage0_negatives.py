@@ -4,7 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stage0_helpers import ref_negatives
 
-from long_ctx.stage0.negatives import documents_containing, negative_candidates, select_negatives
+from long_ctx.stage0 import negatives
+from long_ctx.stage0.bm25 import index_documents
+from long_ctx.stage0.negatives import (documents_containing, identical_to_positive, negative_candidates,
+                                      select_negatives)
 from long_ctx.stage0.nq_format import SkipRecord
 
 DOCS = ["Gold text", "about paris", "PARIS again", "nothing", "other", "Paris", "more"]
@@ -50,7 +53,7 @@ def test_no_candidate_is_a_named_skip():
     assert err.value.reason == "no_negative_candidate"
 
 
-_text = st.lists(st.sampled_from(list("abAB1 .\n") + ["é", "É", "İ", "Σ", "ς", "K", "ß", "😀", "i\u0307"]),
+_text = st.lists(st.sampled_from(list("abAB1 .\n\t\x1c") + ["é", "É", "İ", "Σ", "ς", "K", "ß", "😀", "i\u0307", "\xa0"]),
                  max_size=12).map("".join)
 
 
@@ -62,6 +65,20 @@ def test_documents_containing_equals_python(docs, answer):
         return
     expected = [needle in d.lower() for d in docs]
     assert documents_containing(docs, needle).tolist() == expected
+    # The general search goes block by block; tiny blocks put matches across block edges.
+    block = negatives.SEARCH_BLOCK
+    try:
+        negatives.SEARCH_BLOCK = 3
+        assert documents_containing(docs, needle).tolist() == expected
+    finally:
+        negatives.SEARCH_BLOCK = block
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=_text, b=_text)
+def test_same_words_is_split_equality(a, b):
+    assert negatives.same_words(a, b) == (a.split() == b.split())
+    assert negatives.same_words(a, " \n".join(a.split()) + "\t")
 
 
 def test_only_listed_characters_lowercase_to_ascii():
@@ -70,3 +87,19 @@ def test_only_listed_characters_lowercase_to_ascii():
 
     found = [chr(c) for c in range(128, 0x110000) if any(ord(x) < 128 for x in chr(c).lower())]
     assert sorted(found) == sorted(TO_ASCII_LOWER)
+
+
+DUP_DOCS = ["Gold  text here", "Gold text here", "gold text here", "Gold\u00a0text\nhere ", "Gold text", "", " ",
+            "Gold text here.", "Gold  text here"]
+
+
+@pytest.mark.parametrize("tokenizer", ["words", "whitespace"])
+def test_documents_identical_to_the_positive_are_never_candidates(tokenizer):
+    for gold in range(len(DUP_DOCS)):
+        expected = [i for i, d in enumerate(DUP_DOCS) if i != gold and d.split() == DUP_DOCS[gold].split()]
+        doc_len = index_documents(DUP_DOCS, tokenizer).doc_len
+        for same in (identical_to_positive(DUP_DOCS, gold), identical_to_positive(DUP_DOCS, gold, doc_len)):
+            assert np.flatnonzero(same).tolist() == expected
+        cands = negative_candidates(DUP_DOCS, gold, "", filter_answer_docs=False)
+        assert cands.tolist() == [i for i in range(len(DUP_DOCS)) if i != gold and i not in expected]
+        assert cands.tolist() == ref_negatives(np.zeros(len(DUP_DOCS)), DUP_DOCS, gold, "", "least", 99)

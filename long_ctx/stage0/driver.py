@@ -3,28 +3,31 @@
 For every input row: parse it, score all of its documents against the question with BM25, and
 pick negatives among the non-gold documents. Records stream through in input order; workers
 process batches of lines and the main process writes their results in order, so the output
-bytes do not depend on the number of workers.
+bytes do not depend on the number of workers. A worker that dies (the out-of-memory killer)
+ends the run at once with an error; the output exists only once the input was read to its end.
 """
 from __future__ import annotations
 
 import collections
-import multiprocessing
+import contextlib
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import orjson
-from tqdm import tqdm
+import zstandard
 
-from long_ctx.common.atomic import atomic_file, write_json
-from long_ctx.common.line_reader import InputFileError, LineReader
+from long_ctx.common.atomic import atomic_file, check_output_file, write_json
+from long_ctx.common.line_reader import InputFileError, LineReader, check_input_file, is_zstd_path
+from long_ctx.common.ordered_pool import ordered_imap
+from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import TOKENIZERS, get_tokenizer, index_documents, scores_from_index
 from long_ctx.stage0.bm25.codepoints import JoinedDocs
-from long_ctx.stage0.negatives import STRATEGIES, negative_candidates, select_negatives
+from long_ctx.stage0.negatives import STRATEGIES, identical_to_positive, negative_candidates, select_negatives
 from long_ctx.stage0.nq_format import SkipRecord, parse_line
 
 # A task sent to a worker is up to BATCH_LINES lines or BATCH_BYTES of input: big enough to
@@ -34,6 +37,11 @@ BATCH_LINES = 16
 BATCH_BYTES = 4 << 20
 TASKS_IN_FLIGHT_PER_WORKER = 3
 IN_FLIGHT_BYTES = 96 << 20
+# Workers are forked from the main process, which runs no threads of its own (no Arrow, no
+# tokenizer), so forking is safe and skips the fork server's start-up.
+START_METHOD = "fork"
+#: zstd level of an output named *.zst (fast; the main process compresses while workers parse).
+ZSTD_LEVEL = 3
 
 
 @dataclass
@@ -62,13 +70,17 @@ class Stage0Config:
             raise ValueError("--num_splits must be >= 1 (or 0 for one per CPU)")
         if self.limit is not None and self.limit < 0:
             raise ValueError("--limit must be >= 0")
-        if Path(self.output_file).resolve() == Path(self.input_file).resolve():
-            raise ValueError("--output_file must differ from --input_file")
+
+    def check_paths(self) -> None:
+        """Before any work: the input can be read, both outputs can be written and hit no input."""
+        check_input_file(self.input_file)
+        check_output_file(self.output_file, [self.input_file])
+        check_output_file(stats_path(self.output_file), [self.input_file], flag="--output_file's stats file")
 
 
 # (line_number, output line or None, skip reason or None, documents in the record (0 if it did
-# not parse), negatives chosen)
-Result = tuple[int, "bytes | None", "str | None", int, int]
+# not parse), negatives chosen, documents left out as identical to the positive)
+Result = tuple[int, "bytes | None", "str | None", int, int, int]
 
 
 def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
@@ -79,15 +91,18 @@ def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
         joined = JoinedDocs(rec.documents)  # shared by BM25 and the answer filter
         index = index_documents(rec.documents, cfg.bm25_tokenizer, joined)
         scores = scores_from_index(index, get_tokenizer(cfg.bm25_tokenizer)(rec.question))
+        identical = identical_to_positive(rec.documents, gold, index.doc_len)
+        n_identical = int(identical.sum())
         candidates = negative_candidates(
-            rec.documents, gold, rec.answer, cfg.filter_answer_docs, joined
+            rec.documents, gold, rec.answer, cfg.filter_answer_docs, joined, identical
         )
         negs = select_negatives(
             scores, candidates, cfg.negative_strategy, cfg.num_negatives, cfg.seed, line_number
         )
     except SkipRecord as skip:
-        n_docs = len(rec.documents) if skip.reason == "no_negative_candidate" else 0
-        return line_number, None, skip.reason, n_docs, 0
+        if skip.reason == "no_negative_candidate":
+            return line_number, None, skip.reason, len(rec.documents), 0, n_identical
+        return line_number, None, skip.reason, 0, 0, 0
     out = {
         "question": rec.question,
         "answer": rec.answer,
@@ -101,7 +116,7 @@ def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
         "line_number": line_number,
     }
     line_out = orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
-    return line_number, line_out, None, len(rec.documents), len(negs)
+    return line_number, line_out, None, len(rec.documents), len(negs), n_identical
 
 
 _worker_cfg: Stage0Config | None = None
@@ -116,18 +131,22 @@ def _process_batch(batch: list[tuple[int, bytes]]) -> list[Result]:
     return [process_line(n, line, _worker_cfg) for n, line in batch]
 
 
-def _batches(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
-    """(batch, its size in bytes)."""
+def _batches(lines: Iterable[tuple[int, bytes]]) -> Iterator[list[tuple[int, bytes]]]:
+    """Worker tasks: up to BATCH_LINES lines, cut early once they hold BATCH_BYTES of input."""
     batch: list[tuple[int, bytes]] = []
     size = 0
     for item in lines:
         batch.append(item)
         size += len(item[1])
         if len(batch) == BATCH_LINES or size >= BATCH_BYTES:
-            yield batch, size
+            yield batch
             batch, size = [], 0
     if batch:
-        yield batch, size
+        yield batch
+
+
+def _batch_bytes(batch: list[tuple[int, bytes]]) -> int:
+    return sum(len(line) for _, line in batch)
 
 
 def _results(lines: Iterable[tuple[int, bytes]], cfg: Stage0Config, workers: int) -> Iterator[Result]:
@@ -135,22 +154,16 @@ def _results(lines: Iterable[tuple[int, bytes]], cfg: Stage0Config, workers: int
         for n, line in lines:
             yield process_line(n, line, cfg)
         return
-    # Pool.imap would read the whole input ahead of the workers; a bounded window of
-    # apply_async tasks keeps memory flat and yields results in submission (= input) order.
-    with multiprocessing.get_context().Pool(workers, _init_worker, (cfg,)) as pool:
-        window: collections.deque = collections.deque()  # (async result, input bytes)
-        in_flight = 0
-        for batch, size in _batches(lines):
-            window.append((pool.apply_async(_process_batch, (batch,)), size))
-            in_flight += size
-            while window and (
-                len(window) >= workers * TASKS_IN_FLIGHT_PER_WORKER or in_flight > IN_FLIGHT_BYTES
-            ):
-                done, done_size = window.popleft()
-                in_flight -= done_size
-                yield from done.get()
-        while window:
-            yield from window.popleft()[0].get()
+    # Memory stays flat on any input: at most TASKS_IN_FLIGHT_PER_WORKER tasks per worker and
+    # IN_FLIGHT_BYTES of input are outstanding (one line larger than that goes alone); results
+    # come back in submission (= input) order.
+    pool = ordered_imap(_process_batch, _batches(lines), workers,
+                        max_in_flight=workers * TASKS_IN_FLIGHT_PER_WORKER, initializer=_init_worker,
+                        initargs=(cfg,), weight=_batch_bytes, max_weight=IN_FLIGHT_BYTES,
+                        start_method=START_METHOD)
+    with contextlib.closing(pool):
+        for results in pool:
+            yield from results
 
 
 def _limited(reader: LineReader, limit: int | None) -> Iterator[tuple[int, bytes]]:
@@ -181,24 +194,37 @@ def stats_path(output_file: str | os.PathLike) -> Path:
     return Path(f"{output_file}.stats.json")
 
 
+@contextlib.contextmanager
+def _output_stream(fh: BinaryIO, path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """`fh` itself, or a zstd stream into it when the output is named *.zst."""
+    if not is_zstd_path(path):
+        yield fh
+        return
+    with zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(fh, closefd=False) as zw:
+        yield zw
+
+
 def main(cfg: Stage0Config) -> dict:
     """Run stage 0; returns the stats dict (also written to OUT.stats.json)."""
     cfg.validate()
+    cfg.check_paths()
     workers = cfg.num_splits or os.cpu_count() or 1
     reader = LineReader(cfg.input_file)
     skipped: collections.Counter = collections.Counter()
     docs_per_record: collections.Counter = collections.Counter()
-    lines_read = written = short = 0
+    lines_read = written = short = identical = 0
     start = time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         total=reader.input_size, unit="B", unit_scale=True, unit_divisor=1024,
         desc="stage 0", disable=not cfg.progress, mininterval=0.5,
     )
     try:
-        with atomic_file(cfg.output_file, "wb") as out:
-            results = _results(_limited(reader, cfg.limit), cfg, workers)
-            for _n, line_out, reason, n_docs, n_negs in results:
+        with bar, atomic_file(cfg.output_file, "wb") as fh, _output_stream(fh, cfg.output_file) as out, \
+                contextlib.closing(_results(_limited(reader, cfg.limit), cfg, workers)) as results:
+            # (closing: on an error or Ctrl-C the worker pool stops here, before the temp file goes)
+            for _n, line_out, reason, n_docs, n_negs, n_identical in results:
                 lines_read += 1
+                identical += n_identical
                 if line_out is None:
                     skipped[reason] += 1
                 else:
@@ -211,13 +237,11 @@ def main(cfg: Stage0Config) -> dict:
                     rate = lines_read / max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix_str(f"{written:,} records, {rate:,.0f} records/s", refresh=False)
     except InputFileError as exc:
-        bar.close()
         raise InputFileError(
             f"{exc}\n{written:,} records had been processed from {lines_read:,} lines; "
             f"nothing was written to {cfg.output_file} (it is only created when the input "
             f"is read to its end)."
         ) from exc
-    bar.close()
     elapsed = time.perf_counter() - start
     stats = {
         "input_file": str(cfg.input_file),
@@ -229,6 +253,9 @@ def main(cfg: Stage0Config) -> dict:
         "records_skipped": sum(skipped.values()),
         # Written, but with fewer than --num_negatives negatives (not enough candidates).
         "records_with_fewer_negatives": short,
+        # Documents never used as negatives because their text equals the positive's once
+        # whitespace is normalised (pools repeat passages).
+        "negatives_identical_to_positive_skipped": identical,
         "skipped_by_reason": dict(sorted(skipped.items())),
         "documents_per_record": _doc_summary(docs_per_record),
         "elapsed_s": round(elapsed, 3),
@@ -252,6 +279,9 @@ def print_summary(stats: dict, file=sys.stdout) -> None:
     ]
     for reason, count in stats["skipped_by_reason"].items():
         lines.append(f"    {reason:34s} {count:,}")
+    if stats["negatives_identical_to_positive_skipped"]:
+        lines.append(f"  documents identical to the positive, never used as negatives "
+                     f"{stats['negatives_identical_to_positive_skipped']:,}")
     if stats["records_with_fewer_negatives"]:
         lines.append(
             f"  records with fewer than {stats['config']['num_negatives']} negatives "

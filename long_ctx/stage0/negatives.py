@@ -2,14 +2,46 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 from typing import Sequence
 
 import numpy as np
 
 from long_ctx.stage0.bm25.codepoints import SPECIAL, JoinedDocs, lowercase_at
+from long_ctx.stage0.bm25.scoring import iter_whitespace
 from long_ctx.stage0.nq_format import SkipRecord
 
 STRATEGIES = ("least", "hardest", "random")
+
+
+def same_words(a: str, b: str) -> bool:
+    """`a.split() == b.split()`, i.e. equal once every run of whitespace is one space and the
+    ends are stripped; compared word by word, without building the lists of a huge passage."""
+    if a == b:
+        return True
+    if a.split(None, 1)[:1] != b.split(None, 1)[:1]:  # cheap: different documents differ at once
+        return False
+    return all(x == y for x, y in itertools.zip_longest(iter_whitespace(a), iter_whitespace(b)))
+
+
+def identical_to_positive(
+    documents: Sequence[str], gold_index: int, doc_len: np.ndarray | None = None
+) -> np.ndarray:
+    """[N] bool: the documents other than the gold whose text equals the gold's up to whitespace
+    (`same_words`; pools do repeat passages, and such a "negative" is the positive).
+
+    `doc_len` ([N] BM25 token counts, either tokenizer) only speeds this up: texts equal up to
+    whitespace have equal token counts, so only those documents are compared.
+    """
+    n = len(documents)
+    same = np.zeros(n, bool)
+    if not 0 <= gold_index < n:
+        return same
+    others = np.arange(n) if doc_len is None else np.flatnonzero(doc_len == doc_len[gold_index])
+    gold = documents[gold_index]
+    for i in others.tolist():
+        same[i] = i != gold_index and same_words(documents[i], gold)
+    return same
 
 
 def negative_candidates(
@@ -18,17 +50,21 @@ def negative_candidates(
     answer: str,
     filter_answer_docs: bool = True,
     joined: JoinedDocs | None = None,
+    identical: np.ndarray | None = None,
 ) -> np.ndarray:
     """0-based indices (ascending) of documents that may serve as negatives.
 
-    The gold document never does; with `filter_answer_docs`, neither does any document that
-    contains the answer case-insensitively (`answer.lower() in document.lower()`, when the
-    answer is non-empty), since it likely answers the question too and would teach the model a
-    false negative. `joined` may pass the record's precomputed JoinedDocs.
+    The gold document never does, nor any document identical to it after whitespace
+    normalisation (`identical_to_positive`; `identical` may pass that mask precomputed). With
+    `filter_answer_docs`, neither does any document that contains the answer
+    case-insensitively (`answer.lower() in document.lower()`, when the answer is non-empty),
+    since it likely answers the question too and would teach the model a false negative.
+    `joined` may pass the record's precomputed JoinedDocs.
     """
     keep = np.ones(len(documents), bool)
     if 0 <= gold_index < len(documents):
         keep[gold_index] = False
+    keep &= ~(identical if identical is not None else identical_to_positive(documents, gold_index))
     needle = answer.lower() if filter_answer_docs else ""
     if needle:
         keep &= ~documents_containing(documents, needle, joined)
@@ -45,6 +81,9 @@ def documents_containing(
             return found
     return np.array([needle in doc.lower() for doc in documents], dtype=bool)
 
+
+#: Characters per block of the general answer search (bounds its temporary arrays to ~100 MB).
+SEARCH_BLOCK = 1 << 19
 
 #: The only non-ASCII characters whose str.lower() contains ASCII: İ -> "i̇" and the Kelvin
 #: sign K -> "k" (tests check this against every code point).
@@ -64,33 +103,36 @@ def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
         return _find_ascii(haystack, needle.encode("ascii"), joined.doc_starts)
     # General case: find where the needle's first character can start (ASCII by case-insensitive
     # arithmetic, non-ASCII by asking Python per distinct character), then extend the survivors
-    # one character at a time with the exact per-character lowercase.
+    # one character at a time with the exact per-character lowercase. Block by block: the int64
+    # positions and lowercases of a whole huge record at once cost ~200 bytes per character.
     cp = joined.cp
     pattern = [ord(c) for c in needle]
-    high = np.flatnonzero(cp >= 128)
-    if len(high):
-        high_low = lowercase_at(cp, high)
-        if (high_low == SPECIAL).any():
-            return None
-    n = len(cp) - len(pattern) + 1
-    if n <= 0:
-        return np.zeros(len(joined.doc_starts), bool)
-    p0 = pattern[0]
-    if p0 < 128:
-        # x | 0x20 == p0 | 0x20 holds for both cases of a letter (plus a few non-letters that
-        # the exact check below drops).
-        at = np.flatnonzero(cp[:n] | 0x20 == p0 | 0x20)
-        if len(high):  # disjoint from `at`: a byte >= 128 never equals p0 | 0x20 < 128
-            at = np.concatenate((at, high[(high_low == p0) & (high < n)]))
-        at = at[lowercase_at(cp, at) == p0]
-    else:
-        at = high[(high_low == p0) & (high < n)] if len(high) else high
-    for k in range(1, len(pattern)):
-        if not len(at):
-            break
-        at = at[lowercase_at(cp, at + k) == pattern[k]]
+    n = len(cp) - len(pattern) + 1  # possible match starts
     found = np.zeros(len(joined.doc_starts), bool)
-    found[joined.doc_of(at)] = True
+    p0 = pattern[0]
+    for a in range(0, len(cp), SEARCH_BLOCK):
+        block = cp[a : a + SEARCH_BLOCK]
+        high = np.flatnonzero(block >= 128) + a
+        if len(high):
+            high_low = lowercase_at(cp, high)
+            if (high_low == SPECIAL).any():
+                return None
+        if a >= n:
+            continue  # (still checked for SPECIAL above: it may sit inside a match)
+        if p0 < 128:
+            # x | 0x20 == p0 | 0x20 holds for both cases of a letter (plus a few non-letters that
+            # the exact check below drops).
+            at = np.flatnonzero(block[: n - a] | 0x20 == p0 | 0x20) + a
+            if len(high):  # disjoint from `at`: a byte >= 128 never equals p0 | 0x20 < 128
+                at = np.concatenate((at, high[(high_low == p0) & (high < n)]))
+            at = at[lowercase_at(cp, at) == p0]
+        else:
+            at = high[(high_low == p0) & (high < n)] if len(high) else high
+        for k in range(1, len(pattern)):
+            if not len(at):
+                break
+            at = at[lowercase_at(cp, at + k) == pattern[k]]
+        found[joined.doc_of(at)] = True
     return found
 
 

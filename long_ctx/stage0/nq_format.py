@@ -22,15 +22,24 @@ Every rejected row raises `SkipRecord` with a snake_case `reason` from `SKIP_REA
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+#: Deepest JSON nesting accepted (a row needs 1). The limit is checked exactly, before msgspec,
+#: whose own limit is Python's recursion limit minus the caller's stack depth: relying on it
+#: would make borderline lines parse in one process and fail in another, and the output would
+#: depend on the number of workers.
+MAX_JSON_DEPTH = 512
+
 #: Every reason `parse_line`/`parse_text` can raise, and what it means.
 SKIP_REASONS: dict[str, str] = {
     "empty_line": "the line is empty or only whitespace",
     "invalid_json": "the line is not valid JSON",
+    "too_deeply_nested": f"JSON arrays/objects nested more than {MAX_JSON_DEPTH} deep, in any field "
+                         "(checked before parsing: a recursive parser would run out of stack)",
     "not_a_json_object": "the JSON value is not an object",
     "missing_text": "no string `text`, and no string `prompt` + `completion` to rebuild it",
     "no_documents": "no `Document [1]` at the start of a line",
@@ -192,6 +201,36 @@ def _decode(decoder: msgspec.json.Decoder, line: bytes | str):
         raise SkipRecord("not_a_json_object") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise SkipRecord("invalid_json", str(exc)[:80]) from None
+    except RecursionError:  # not reached after the depth check; kept as a last line of defence
+        raise SkipRecord("too_deeply_nested") from None
+
+
+# A JSON string (escapes included), to blank out before counting brackets.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def json_depth_exceeds(line: bytes | str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether some array/object of the JSON text `line` lies more than `limit` levels deep.
+
+    Exact for valid JSON (brackets inside strings do not count); for broken JSON it counts the
+    brackets outside what look like strings. Cheap on real rows: a bracket outside a string is
+    never preceded by "Document ", so the count of brackets minus `Document [` markers bounds
+    the depth from above, and only lines over the limit by that bound are scanned.
+    """
+    data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+    bound = data.count(b"[") + data.count(b"{") - data.count(b"Document [")
+    if bound <= limit:
+        return False
+    depth = 0
+    for m in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def parse_line(line: bytes | str) -> NQRecord:
@@ -202,6 +241,8 @@ def parse_line(line: bytes | str) -> NQRecord:
     """
     if not line or line.isspace():  # isspace() stops at the first other character
         raise SkipRecord("empty_line")
+    if json_depth_exceeds(line):
+        raise SkipRecord("too_deeply_nested")
     text = _decode(_text_decoder, line).text
     if not isinstance(text, str):
         row = _decode(_prompt_decoder, line)

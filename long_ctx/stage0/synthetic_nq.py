@@ -376,6 +376,9 @@ def broken_lines() -> list[tuple[str, bytes]]:
     return [
         ("empty_line", b"   "),
         ("invalid_json", b'{"text": "Document [1] unterminated'),
+        # Nested 2000 deep inside a field the parser does not even use (a recursive JSON parser
+        # would run out of stack here).
+        ("too_deeply_nested", b'{"meta": ' + b"[" * 2000 + b"]" * 2000 + b', "text": ' + orjson.dumps(good) + b"}"),
         ("not_a_json_object", b'["Document [1] a list, not an object"]'),
         ("missing_text", orjson.dumps({"prompt": good[:50], "completion": 7})),
         ("no_documents", row(good.replace("Document [", "Doc ["))),

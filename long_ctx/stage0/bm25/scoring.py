@@ -17,10 +17,11 @@ token (where rank_bm25 raises ZeroDivisionError) scores all zeros.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,6 +50,43 @@ TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
     "whitespace": tokenize_whitespace,
 }
 
+# Texts longer than this are tokenized piece by piece: a 25 MB passage would otherwise hold a
+# list of ~4M token strings at once (~10x its size).
+STREAM_CHARS = 1 << 20
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """`text` cut at spaces into pieces of about STREAM_CHARS characters. A space is in no token
+    of either tokenizer, so every token lies whole in one piece, in order."""
+    start = 0
+    while len(text) - start > STREAM_CHARS:
+        cut = text.rfind(" ", start + 1, start + STREAM_CHARS)
+        if cut < 0:
+            cut = text.find(" ", start + STREAM_CHARS)
+            if cut < 0:
+                break
+        yield text[start:cut]
+        start = cut + 1
+    yield text[start:]
+
+
+def iter_words(text: str) -> Iterable[str]:
+    """`tokenize_words(text)`, a piece at a time for huge texts (see STREAM_CHARS)."""
+    if len(text) <= STREAM_CHARS:
+        return tokenize_words(text)
+    return itertools.chain.from_iterable(map(tokenize_words, _pieces(text)))
+
+
+def iter_whitespace(text: str) -> Iterable[str]:
+    """`tokenize_whitespace(text)`, a piece at a time for huge texts."""
+    if len(text) <= STREAM_CHARS:
+        return text.split()
+    return itertools.chain.from_iterable(map(str.split, _pieces(text)))
+
+
+# The exact path counts a document's tokens as they come (see STREAM_CHARS).
+TOKEN_STREAMS: dict[str, Callable[[str], Iterable[str]]] = {"words": iter_words, "whitespace": iter_whitespace}
+
 
 def get_tokenizer(name: str) -> Callable[[str], list[str]]:
     try:
@@ -62,7 +100,8 @@ def index_documents(
 ) -> TermIndex:
     """Term statistics of a corpus, reusable for several queries (`joined`: optional
     precomputed JoinedDocs of `documents`)."""
-    return build_term_index(documents, get_tokenizer(tokenizer), tokenizer == "words", joined)
+    get_tokenizer(tokenizer)  # the error for an unknown name
+    return build_term_index(documents, TOKEN_STREAMS[tokenizer], tokenizer == "words", joined)
 
 
 @lru_cache(maxsize=1024)

@@ -25,7 +25,7 @@ straightforward version slow, so the fast path never creates a Python object per
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class TermIndex:
 class ExactTermIndex(TermIndex):
     """Pure-Python path (dicts of strings); used when the fast path cannot vouch for a record."""
 
-    def __init__(self, documents: Sequence[str], tokenize: Callable[[str], list[str]]) -> None:
+    def __init__(self, documents: Sequence[str], tokenize: Callable[[str], Iterable[str]]) -> None:
         vocab: dict[str, int] = {}
         df: list[int] = []
         self._counts: list[Counter] = []
@@ -266,7 +266,7 @@ class FastTermIndex(TermIndex):
 
 def build_term_index(
     documents: Sequence[str],
-    tokenize: Callable[[str], list[str]],
+    tokenize: Callable[[str], Iterable[str]],
     words: bool,
     joined: JoinedDocs | None = None,
 ) -> TermIndex:
