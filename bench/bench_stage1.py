@@ -107,7 +107,7 @@ def run_stage1(inp: Path, out_dir: Path, workers: int) -> dict:
     from long_ctx.stage1 import Stage1Config, main
 
     start = time.perf_counter()  # includes starting workers and loading their vocab
-    stats = main(Stage1Config(str(inp), str(out_dir), num_proc=workers, progress=False))
+    stats = main(Stage1Config(str(inp), str(out_dir), num_proc=workers, progress=False, overwrite=True))
     return {"records": stats["records_written"], "tokens": stats["tokens_encoded"],
             "elapsed": time.perf_counter() - start}
 

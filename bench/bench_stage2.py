@@ -72,7 +72,8 @@ def run_stage2(ds: Path, L: int, out: Path) -> dict:
     from long_ctx.stage2 import Stage2Config, main
 
     start = time.perf_counter()
-    s = main(Stage2Config(str(ds), L, SEP, CLS, PAD, is_truncate=True, output_dir=str(out), progress=False))
+    s = main(Stage2Config(str(ds), L, SEP, CLS, PAD, is_truncate=True, output_dir=str(out), progress=False,
+                        overwrite=True))
     return {"rows": s["num_rows"], "elapsed": time.perf_counter() - start, "pad_fraction": s["pad_fraction"]}
 
 

@@ -179,13 +179,14 @@ def main(config: DemoConfig) -> dict[str, Any]:
         "--negative_strategy", size.negative_strategy])
     runner.run("stage 1: RWKV World token ids (parquet dataset)", [
         "long_ctx/1_create_datasets.py", "--input_file", _show(qpn), "--output_dir", _show(stage1),
-        "--num_proc", 2])
+        "--num_proc", 2, "--overwrite"])
     max_length = choose_max_length(stage1)
     print(f"\nmax_length {max_length}: the longest question + document of the training data fits, "
           "so no row is truncated", flush=True)
     runner.run("stage 2: padded rows question [SEP] document [CLS]", [
         "long_ctx/2_create_padded_data.py", "--ds_dir", _show(stage1), "--max_length", max_length,
-        "--sep_token_id", SEP, "--cls_token_id", CLS, "--pad_token_id", PAD, "--output_dir", _show(stage2)])
+        "--sep_token_id", SEP, "--cls_token_id", CLS, "--pad_token_id", PAD, "--output_dir", _show(stage2),
+        "--overwrite"])
     runner.run("a tiny random RWKV-5 checkpoint (stands in for RWKV-5-World-0.4B)", [
         "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
               f"write_random_checkpoint({_show(model_file)!r}, n_layer={size.n_layer}, n_embd={size.n_embd}, "

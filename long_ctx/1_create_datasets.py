@@ -2,13 +2,17 @@
 import argparse
 import os
 
+from long_ctx.common.atomic import interrupted_note
 from long_ctx.common.cli_errors import run_cli
 from long_ctx.stage1 import Stage1Config, main
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--input_file", required=True, help="stage-0 output (.jsonl, or .jsonl.zst)")
-    p.add_argument("--output_dir", required=True, help="dataset folder to write (replaced atomically)")
+    p.add_argument("--output_dir", required=True,
+                   help="dataset folder to write (atomically); must be new, empty, or an earlier stage-1 output with --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier output of stage 1 at --output_dir (never a folder of other files)")
     p.add_argument("--num_proc", type=int, default=os.cpu_count() or 1,
                    help="tokenizer worker processes (default: CPU count); output is identical for any value")
     p.add_argument("--keep_text", action="store_true",
@@ -22,4 +26,5 @@ if __name__ == "__main__":
     run_cli(main, Stage1Config(input_file=a.input_file, output_dir=a.output_dir, num_proc=a.num_proc,
                       keep_text=a.keep_text, rows_per_shard=a.rows_per_shard,
                       row_group_rows=a.row_group_rows, chunk_size=a.chunk_size, limit=a.limit,
-                      progress=not a.no_progress))
+                      progress=not a.no_progress, overwrite=a.overwrite),
+            interrupted=interrupted_note(a.output_dir))

@@ -1,6 +1,7 @@
 """Stage 2: stage-1 token ids -> fixed-length rows `question [SEP] document [CLS] PAD...` (see README.md)."""
 import argparse
 
+from long_ctx.common.atomic import interrupted_note
 from long_ctx.common.cli_errors import run_cli
 from long_ctx.stage2 import Stage2Config, main
 
@@ -15,10 +16,15 @@ if __name__ == "__main__":
                    help="cut too-long rows (document tail, then question tail) instead of dropping "
                         "their whole group (--no-is_truncate); default: truncate")
     p.add_argument("--output_dir", default=None,
-                   help="default: beside DS, <DS>_padded_<L>_cls_<c>_sep_<s>_truncate_<T|F>_pad_<p>")
+                   help="default: beside DS, <DS>_padded_<L>_cls_<c>_sep_<s>_truncate_<T|F>_pad_<p>; must be new, "
+                        "empty, or an earlier stage-2 output with --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier output of stage 2 at the output folder (never a folder of other files)")
     p.add_argument("--rows_per_shard", type=int, default=None, help="rows per parquet shard (default: ~256 MB)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     a = p.parse_args()
-    run_cli(main, Stage2Config(ds_dir=a.ds_dir, max_length=a.max_length, sep_token_id=a.sep_token_id,
-                      cls_token_id=a.cls_token_id, pad_token_id=a.pad_token_id, is_truncate=a.is_truncate,
-                      output_dir=a.output_dir, rows_per_shard=a.rows_per_shard, progress=not a.no_progress))
+    config = Stage2Config(ds_dir=a.ds_dir, max_length=a.max_length, sep_token_id=a.sep_token_id,
+                          cls_token_id=a.cls_token_id, pad_token_id=a.pad_token_id, is_truncate=a.is_truncate,
+                          output_dir=a.output_dir, rows_per_shard=a.rows_per_shard, progress=not a.no_progress,
+                          overwrite=a.overwrite)
+    run_cli(main, config, interrupted=lambda: interrupted_note(config.out_path()))

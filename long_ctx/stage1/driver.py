@@ -3,7 +3,8 @@
 Lines are read in fixed-size chunks; each chunk is parsed, validated and tokenized (one Rust
 `encode_batch` call) in a worker process, which returns an Arrow record batch. Batches come back in
 input order and stream into parquet shards, so memory stays bounded and the output bytes do not
-depend on the number of workers.
+depend on the number of workers. The output folder replaces only an earlier stage-1 output (and
+only with `overwrite`); every path is checked before any work starts.
 """
 from __future__ import annotations
 
@@ -14,19 +15,25 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from tqdm import tqdm
-
-from long_ctx.common.atomic import atomic_dir, write_json
-from long_ctx.common.dataset_card import length_table, markdown_table, write_dataset_card
+from long_ctx.common.atomic import atomic_dir, check_output_dir, write_json
+from long_ctx.common.cli_errors import WorkerDied
+from long_ctx.common.dataset_card import SHARD_GLOB, length_table, markdown_table, write_dataset_card
 from long_ctx.common.lengths import LengthCounter, plot_length_histograms
-from long_ctx.common.line_reader import InputFileError, LineReader
+from long_ctx.common.line_reader import InputFileError, LineReader, check_input_file
 from long_ctx.common.ordered_pool import ordered_imap
 from long_ctx.common.parquet_shards import ShardWriter
+from long_ctx.common.progress import progress_bar
 from long_ctx.stage1.records import ID_COLUMNS, ChunkResult, init_worker, output_schema, process_chunk
 from long_ctx.world_tokenizer import tokenizer_info
 
 STATS_FILE = "stats.json"
 PLOT_FILE = "token_lengths.png"
+CARD_FILE = "README.md"
+#: What makes a folder an earlier stage-1 output: its stats.json holding keys only stage 1 writes
+#: (a bare stats.json is too common a name to count).
+MARKER = {STATS_FILE: ("records_written", "shards", "tokens_encoded", "token_lengths", "tokenizer")}
+#: Every name stage 1 writes into its folder; anything else there is the user's.
+OWN_FILES = (SHARD_GLOB, STATS_FILE, PLOT_FILE, CARD_FILE)
 
 
 @dataclasses.dataclass
@@ -40,29 +47,28 @@ class Stage1Config:
     chunk_size: int = 256
     limit: int | None = None
     progress: bool = True
+    overwrite: bool = False  # replace an earlier stage-1 output at output_dir
 
     def validate(self) -> None:
-        if not Path(self.input_file).is_file():
-            raise FileNotFoundError(f"--input_file {self.input_file} does not exist (expected stage-0 jsonl)")
         for name in ("num_proc", "rows_per_shard", "row_group_rows", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"--limit must be >= 0, got {self.limit}")
-        if Path(self.output_dir).resolve() == Path(self.input_file).resolve():
-            raise ValueError("--output_dir must differ from --input_file")
+        check_input_file(self.input_file)
+        check_output_dir(self.output_dir, MARKER, "stage-1 dataset", inputs=[self.input_file],
+                         overwrite=self.overwrite, own=OWN_FILES)
 
 
 # ---------------------------------------------------------------------------------------------
 # Input
 
 
-def iter_chunks(path: Path, chunk_size: int, limit: int | None, bar: tqdm) -> Iterator[list[bytes]]:
+def iter_chunks(reader: LineReader, chunk_size: int, limit: int | None, bar) -> Iterator[list[bytes]]:
     """Lists of up to `chunk_size` raw lines; the bar follows the (compressed) bytes read.
 
     Reading is stage 0's reader, so a truncated .zst fails the same way (InputFileError).
     """
-    reader = LineReader(path)
     chunk: list[bytes] = []
     shown = 0
     for line_number, line in reader:
@@ -119,12 +125,13 @@ def main(config: Stage1Config) -> dict:
     start = time.perf_counter()
     summary = _Summary()
     schema = output_schema(config.keep_text)
-    bar = tqdm(total=in_path.stat().st_size, unit="B", unit_scale=True, desc="stage 1",
-               disable=not config.progress)
+    reader = LineReader(in_path)
+    bar = progress_bar(total=reader.input_size, unit="B", unit_scale=True, desc="stage 1",
+                       disable=not config.progress)
     with atomic_dir(out_dir) as tmp:
         # snappy + dictionary: within 20% of zstd's size, cheaper to write and 3x faster to read.
         writer = ShardWriter(tmp, schema, config.rows_per_shard, config.row_group_rows, compression="snappy")
-        chunks = iter_chunks(in_path, config.chunk_size, config.limit, bar)
+        chunks = iter_chunks(reader, config.chunk_size, config.limit, bar)
         sizes: collections.deque = collections.deque()
 
         def tasks():
@@ -133,12 +140,15 @@ def main(config: Stage1Config) -> dict:
                 yield chunk, config.keep_text
 
         try:
-            for result in ordered_imap(process_chunk, tasks(), config.num_proc, initializer=init_worker,
-                                       preload=["long_ctx.stage1.preload"]):
-                n_lines = sizes.popleft()
-                summary.add(result, summary.lines, n_lines)
-                writer.write(result.batch)
-                bar.set_postfix(records=summary.written, skipped=sum(summary.skipped.values()), refresh=False)
+            with bar:
+                for result in ordered_imap(process_chunk, tasks(), config.num_proc, initializer=init_worker,
+                                           preload=["long_ctx.stage1.preload"]):
+                    n_lines = sizes.popleft()
+                    summary.add(result, summary.lines, n_lines)
+                    writer.write(result.batch)
+                    bar.set_postfix(records=summary.written, skipped=sum(summary.skipped.values()), refresh=False)
+        except WorkerDied:
+            raise
         except Exception as exc:
             # An unreadable input is the user's to fix (one-line error from the CLI); anything
             # else keeps its type, so a bug still shows its traceback.
@@ -147,8 +157,6 @@ def main(config: Stage1Config) -> dict:
                 f"stage 1 stopped while reading {in_path} after {summary.written} records "
                 f"({summary.lines} lines); nothing was written to {out_dir}: {exc}"
             ) from exc
-        finally:
-            bar.close()
         shards = writer.close()
         elapsed = time.perf_counter() - start
         stats = _stats(config, summary, shards, elapsed)
@@ -158,7 +166,7 @@ def main(config: Stage1Config) -> dict:
              "negative (all)": summary.lengths["negatives"]},
             tmp / PLOT_FILE, title=f"Stage 1 token lengths: {out_dir.name}",
         )
-        _write_card(tmp / "README.md", stats, out_dir.name)
+        _write_card(tmp / CARD_FILE, stats, out_dir.name)
     _print_summary(stats, out_dir)
     return stats
 

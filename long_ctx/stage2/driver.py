@@ -1,7 +1,9 @@
 """Stage 2: stage-1 token ids -> fixed-length cross-encoder rows `question [SEP] document [CLS] PAD…`.
 
 One row per (question, document): the positive (label 1) then each negative (label 0), rows of a
-source record consecutive (the row definitions live in `long_ctx.stage2.rows`).
+source record consecutive (the row definitions live in `long_ctx.stage2.rows`). The stage-1 input
+is checked whole first (`long_ctx.stage2.source`), the output folder replaces only an earlier
+stage-2 output (and only with `overwrite`).
 """
 from __future__ import annotations
 
@@ -9,21 +11,24 @@ import collections
 import dataclasses
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from long_ctx.common.atomic import atomic_dir, write_json
+from long_ctx.common.atomic import atomic_dir, check_output_dir, write_json
 from long_ctx.common.dataset_card import SHARD_GLOB, length_table, markdown_table, write_dataset_card
 from long_ctx.common.lengths import LengthCounter, plot_length_histograms
 from long_ctx.common.parquet_shards import ShardWriter
+from long_ctx.common.progress import progress_bar
 from long_ctx.stage2.rows import MAX_TOKEN_ID, OUTPUT_SCHEMA, pack_rows
+from long_ctx.stage2.source import Stage1Dataset, iter_stage1_batches, open_stage1
 
 PADDING_FILE = "padding.json"
 PLOT_FILE = "row_lengths.png"
+CARD_FILE = "README.md"
+#: What makes a folder an earlier stage-2 output: its padding.json with keys only stage 2 writes.
+MARKER = {PADDING_FILE: ("max_length", "sep_token_id", "cls_token_id", "pad_token_id", "row_format", "shards")}
+#: Every name stage 2 writes into its folder; anything else there is the user's.
+OWN_FILES = (SHARD_GLOB, PADDING_FILE, PLOT_FILE, CARD_FILE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,8 +53,10 @@ class Stage2Config:
     rows_per_shard: int | None = None  # None: ~256 MB of ids per shard
     read_batch_records: int = 1_024
     progress: bool = True
+    overwrite: bool = False  # replace an earlier stage-2 output at the output folder
 
-    def validate(self) -> None:
+    def validate(self) -> Stage1Dataset:
+        """Check the flags, the whole stage-1 input and the output folder; returns the input."""
         if not isinstance(self.max_length, int) or self.max_length < 3:
             raise ValueError(f"--max_length must be an integer >= 3 (question, SEP, CLS), got {self.max_length}")
         ids = {"--sep_token_id": self.sep_token_id, "--cls_token_id": self.cls_token_id,
@@ -63,13 +70,10 @@ class Stage2Config:
             raise ValueError(f"--rows_per_shard must be >= 1, got {self.rows_per_shard}")
         if self.read_batch_records < 1:
             raise ValueError(f"read_batch_records must be >= 1, got {self.read_batch_records}")
-        ds = Path(self.ds_dir)
-        if not ds.is_dir() or not list(ds.glob(SHARD_GLOB)):
-            raise FileNotFoundError(
-                f"--ds_dir {ds} has no {SHARD_GLOB} shards; run long_ctx/1_create_datasets.py first"
-            )
-        if self.out_path().resolve() == ds.resolve():
-            raise ValueError("--output_dir must differ from --ds_dir")
+        source = open_stage1(self.ds_dir)
+        check_output_dir(self.out_path(), MARKER, "stage-2 dataset", inputs=[self.ds_dir],
+                         overwrite=self.overwrite, own=OWN_FILES)
+        return source
 
     def out_path(self) -> Path:
         if self.output_dir:
@@ -80,29 +84,6 @@ class Stage2Config:
 
 # ---------------------------------------------------------------------------------------------
 # Driver
-
-
-def stage1_shards(ds_dir: str | Path) -> list[Path]:
-    return sorted(Path(ds_dir).glob(SHARD_GLOB))
-
-
-def iter_stage1_batches(ds_dir: str | Path, batch_records: int) -> Iterator[tuple[pa.ListArray, pa.ListArray, pa.ListArray]]:
-    """(question, positive, negatives) arrays of every stage-1 record, in dataset order."""
-    for shard in stage1_shards(ds_dir):
-        pf = pq.ParquetFile(shard)
-        names = set(pf.schema_arrow.names)
-        missing = {"question", "positive"} - names
-        if missing or not names & {"negatives", "negative"}:
-            raise ValueError(
-                f"{shard} is not a stage-1 shard (missing {sorted(missing) or 'negatives'}); "
-                "point --ds_dir at the output of long_ctx/1_create_datasets.py"
-            )
-        neg_col = "negatives" if "negatives" in names else "negative"
-        for batch in pf.iter_batches(batch_size=batch_records, columns=["question", "positive", neg_col]):
-            negatives = batch.column(neg_col)
-            if neg_col == "negative":  # older stage-1 data: one negative per record
-                negatives = pa.ListArray.from_arrays(pa.array(np.arange(len(negatives) + 1), pa.int32()), negatives)
-            yield batch.column("question"), batch.column("positive"), negatives
 
 
 def _sub_batches(rows: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
@@ -120,7 +101,7 @@ def _sub_batches(rows: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
 
 def main(config: Stage2Config) -> dict:
     """Run stage 2; returns the summary written to `<output>/padding.json`."""
-    config.validate()
+    source = config.validate()
     start = time.perf_counter()
     L = config.max_length
     out_dir = config.out_path()
@@ -128,20 +109,19 @@ def main(config: Stage2Config) -> dict:
     rows_per_shard = config.rows_per_shard or max(1, 2**28 // row_bytes)
     row_group_rows = max(1, min(rows_per_shard, 2**24 // row_bytes))
     max_rows_per_pack = max(1, 2**25 // row_bytes)  # bounds the padded matrix built at once (~32 MB)
-    total_records = sum(pq.ParquetFile(s).metadata.num_rows for s in stage1_shards(config.ds_dir))
 
     real, needed = LengthCounter(), LengthCounter()
     counts = collections.Counter()
     rows_per_group_max, rows_per_group_min = 0, None
     group = 0
-    bar = tqdm(total=total_records, unit="rec", desc="stage 2", disable=not config.progress)
+    bar = progress_bar(total=source.num_records, unit="rec", desc="stage 2", disable=not config.progress)
     with atomic_dir(out_dir) as tmp:
         # Padding compresses to almost nothing with zstd; a dictionary made shards only a third
         # smaller but took 30% longer to write, and writing is most of this stage's time.
         writer = ShardWriter(tmp, OUTPUT_SCHEMA, rows_per_shard, row_group_rows, compression="zstd",
                              use_dictionary=False)
-        try:
-            for question, positive, negatives in iter_stage1_batches(config.ds_dir, config.read_batch_records):
+        with bar:
+            for question, positive, negatives in iter_stage1_batches(source, config.read_batch_records):
                 rows = 1 + np.diff(negatives.offsets.to_numpy())
                 for a, b in _sub_batches(rows, max_rows_per_pack):
                     res = pack_rows(question.slice(a, b - a), positive.slice(a, b - a), negatives.slice(a, b - a),
@@ -159,8 +139,6 @@ def main(config: Stage2Config) -> dict:
                         lo = int(res.rows_per_group.min())
                         rows_per_group_min = lo if rows_per_group_min is None else min(rows_per_group_min, lo)
                     bar.update(b - a)
-        finally:
-            bar.close()
         shards = writer.close()
         elapsed = time.perf_counter() - start
         summary = {
@@ -194,7 +172,7 @@ def main(config: Stage2Config) -> dict:
             {"needed (question + SEP + document + CLS)": needed, "kept rows (real tokens)": real},
             tmp / PLOT_FILE, title=f"Stage 2 row lengths vs max_length: {out_dir.name}", max_length=L,
         )
-        _write_card(tmp / "README.md", summary, out_dir.name)
+        _write_card(tmp / CARD_FILE, summary, out_dir.name)
     _print_summary(summary, out_dir)
     return summary
 
