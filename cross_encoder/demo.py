@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from cross_encoder.modeling.adapter_dirs import CHECKPOINT_RE, FINAL_NAME
+from cross_encoder.training.run_dir import CONFIG_NAME, METRICS_NAME, PLOT_NAME, check_output_dir
 from long_ctx.common.atomic import atomic_file, write_json
+from long_ctx.common.cli_errors import UsageError
 from long_ctx.common.line_reader import iter_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,18 +114,23 @@ def choose_max_length(stage1_dir: Path, multiple: int = 32) -> int:
     return int(math.ceil(need / multiple) * multiple)
 
 
-def clear_training_output(path: Path) -> None:
-    """Remove a previous demo run's training folder: the trainer (rightly) refuses to start over
-    checkpoints of another run, and each demo run trains a new random model. Anything that does
-    not look like trainer output is left alone, with an error."""
+def clear_training_output(path: Path, ds_dir: Path) -> None:
+    """Remove a previous demo run's training output from `path`: the trainer (rightly) refuses to
+    start over checkpoints of another run, and each demo run trains a new random model. Only what
+    the trainer itself recognises as its own (`training.run_dir`) is removed; anything else makes
+    the demo stop with an error, and other files in the folder are left alone."""
     if not path.exists():
         return
-    looks_like_training = ((path / "config.json").is_file() or (path / "metrics.jsonl").is_file()
-                           or (path / "final").is_dir() or any(path.glob("checkpoint-*")))
-    if not looks_like_training and any(path.iterdir()):
-        raise DemoError(f"{path} exists and is not a training output folder; choose another --out")
-    print(f"\nremoving the previous run's training output {path}", flush=True)
-    shutil.rmtree(path)
+    try:
+        check_output_dir(path, ds_dir)
+    except UsageError as exc:
+        raise DemoError(f"{exc} (the demo only clears its own training output)") from None
+    own = [p for p in path.iterdir() if p.name in (CONFIG_NAME, METRICS_NAME, PLOT_NAME, FINAL_NAME)
+           or CHECKPOINT_RE.match(p.name)]
+    if own:
+        print(f"\nremoving the previous run's training output in {path}", flush=True)
+    for p in own:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _show(path: Path) -> str:
@@ -191,7 +199,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
         "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
               f"write_random_checkpoint({_show(model_file)!r}, n_layer={size.n_layer}, n_embd={size.n_embd}, "
               f"head_size={size.head_size}, seed={config.seed})"])
-    clear_training_output(train)
+    clear_training_output(train, stage2)
     runner.run("LoRA training on CPU", [
         "cross_encoder/1_peft_training_ce.py", "--model_file", _show(model_file), "--ds_dir", _show(stage2),
         "--output_dir", _show(train), "--ctx_len", max_length, "--bs", size.bs, "--max_steps", size.max_steps,

@@ -66,15 +66,21 @@ def test_missing_sample_is_a_clear_error(tmp_path):
 
 
 def test_a_rerun_replaces_only_training_output(tmp_path):
+    ds = tmp_path / "stage2"
+    ds.mkdir()
     old = tmp_path / "train"
     (old / "final").mkdir(parents=True)
-    (old / "metrics.jsonl").write_text("{}\n")
-    clear_training_output(old)
-    assert not old.exists()
-    clear_training_output(old)  # nothing there: nothing to do
+    (old / "checkpoint-5").mkdir()
+    (old / "config.json").write_text(orjson.dumps({"model_file": "m.pth", "ds_dir": str(ds), "output_dir": str(old),
+                                                   "lora_ckpt": None, "resolved": {}}).decode())
+    (old / "metrics.jsonl").write_text('{"step": 5, "lr": 0.1, "loss": 0.5}\n')
+    (old / "notes.txt").write_text("mine")
+    clear_training_output(old, ds)
+    assert sorted(p.name for p in old.iterdir()) == ["notes.txt"]  # the user's file stays
+    clear_training_output(old, ds)  # nothing of the trainer's there: nothing to do
     other = tmp_path / "mine"
     other.mkdir()
-    (other / "notes.txt").write_text("keep me")
-    with pytest.raises(DemoError, match="not a training output"):
-        clear_training_output(other)
-    assert (other / "notes.txt").read_text() == "keep me"
+    (other / "metrics.jsonl").write_text("my own numbers\n")
+    with pytest.raises(DemoError, match="not written by this trainer"):
+        clear_training_output(other, ds)
+    assert (other / "metrics.jsonl").read_text() == "my own numbers\n"
