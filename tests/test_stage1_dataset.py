@@ -159,3 +159,18 @@ def test_cli_runs_with_limit_and_rejects_bad_flags(tmp_path):
                           "--num_proc", "0"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and "--num_proc must be >= 1" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_reads_one_stage0_mode_the_first_records(tmp_path):
+    src = tmp_path / "mixed.jsonl"
+    other = _good(mode="some-other-mode")
+    write_jsonl(src, [b"not json\n", _good(), other, _good(mode="passage")])
+    stats = main(Stage1Config(input_file=str(src), output_dir=str(tmp_path / "ds"), num_proc=1, progress=False))
+    # The first record has no `mode`: a passage run; the line of another mode is skipped by name.
+    assert stats["mode"] == "passage" and stats["records_written"] == 2
+    assert stats["skipped_by_reason"] == {"invalid_json": 1, "mode_mismatch": 1}
+    unknown = tmp_path / "unknown.jsonl"
+    write_jsonl(unknown, [other])
+    with pytest.raises(ValueError, match="does not know stage-0 mode 'some-other-mode'"):
+        main(Stage1Config(input_file=str(unknown), output_dir=str(tmp_path / "ds2"), num_proc=1, progress=False))
+    assert not (tmp_path / "ds2").exists()

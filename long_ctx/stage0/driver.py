@@ -1,7 +1,8 @@
 """Stage 0: NQ multi-document rows -> one (question, positive, negatives) JSON line per record.
 
-For every input row: parse it, score all of its documents against the question with BM25, and
-pick negatives among the non-gold documents. Records stream through in input order; workers
+For every input row: parse it, score all of its documents against the question with BM25, find
+the documents that may serve as negatives, and let the `--mode` (`long_ctx.stage0.modes`) build
+the output record from them. Records stream through in input order; workers
 process batches of lines and the main process writes their results in order, so the output
 bytes do not depend on the number of workers. A worker that dies (the out-of-memory killer)
 ends the run at once with an error; the output exists only once the input was read to its end.
@@ -27,7 +28,8 @@ from long_ctx.common.ordered_pool import ordered_imap
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import TOKENIZERS, get_tokenizer, index_documents, scores_from_index
 from long_ctx.stage0.bm25.codepoints import JoinedDocs
-from long_ctx.stage0.negatives import STRATEGIES, identical_to_positive, negative_candidates, select_negatives
+from long_ctx.stage0.modes import RecordView, get_mode
+from long_ctx.stage0.negatives import STRATEGIES, identical_to_positive, negative_candidates
 from long_ctx.stage0.nq_format import SkipRecord, parse_line
 
 # A task sent to a worker is up to BATCH_LINES lines or BATCH_BYTES of input: big enough to
@@ -56,10 +58,12 @@ class Stage0Config:
     seed: int = 0
     bm25_tokenizer: str = "words"
     filter_answer_docs: bool = True
+    mode: str = "passage"  # what a record becomes: see long_ctx.stage0.modes
     limit: int | None = None  # stop after this many input lines
     progress: bool = True
 
     def validate(self) -> None:
+        get_mode(self.mode)  # raises on an unknown mode
         if self.negative_strategy not in STRATEGIES:
             raise ValueError(f"--negative_strategy must be one of {STRATEGIES}")
         if self.bm25_tokenizer not in TOKENIZERS:
@@ -81,12 +85,14 @@ class Stage0Config:
 
 
 # (line_number, output line or None, skip reason or None, documents in the record (0 if it did
-# not parse), negatives chosen, documents left out as identical to the positive)
-Result = tuple[int, "bytes | None", "str | None", int, int, int]
+# not parse), documents left out as identical to the positive, the mode's per-record info)
+Result = tuple[int, "bytes | None", "str | None", int, int, "dict | None"]
 
 
 def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
     """One input line -> its output JSON line (with b"\\n"), or the reason it was skipped."""
+    rec = None
+    n_identical = 0
     try:
         rec = parse_line(line)
         gold = rec.gold_id - 1
@@ -98,27 +104,13 @@ def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
         candidates = negative_candidates(
             rec.documents, gold, rec.answer, cfg.filter_answer_docs, joined, identical
         )
-        negs = select_negatives(
-            scores, candidates, cfg.negative_strategy, cfg.num_negatives, cfg.seed, line_number
-        )
+        out, info = get_mode(cfg.mode).build(RecordView(line_number, rec, gold, scores, candidates), cfg)
     except SkipRecord as skip:
-        if skip.reason == "no_negative_candidate":
-            return line_number, None, skip.reason, len(rec.documents), 0, n_identical
-        return line_number, None, skip.reason, 0, 0, 0
-    out = {
-        "question": rec.question,
-        "answer": rec.answer,
-        "long_answer": rec.long_answer,
-        "positive": rec.documents[gold],
-        "negative": rec.documents[negs[0]],
-        "negatives": [rec.documents[i] for i in negs],
-        "gold_id": rec.gold_id,
-        "negative_ids": [i + 1 for i in negs],
-        "num_documents": len(rec.documents),
-        "line_number": line_number,
-    }
+        # A record that parsed but gives no output still counts its documents (and duplicates).
+        n_docs = len(rec.documents) if rec is not None else 0
+        return line_number, None, skip.reason, n_docs, n_identical if rec is not None else 0, None
     line_out = orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
-    return line_number, line_out, None, len(rec.documents), len(negs), n_identical
+    return line_number, line_out, None, len(rec.documents), n_identical, info
 
 
 _worker_cfg: Stage0Config | None = None
@@ -215,6 +207,7 @@ def main(cfg: Stage0Config) -> dict:
     skipped: collections.Counter = collections.Counter()
     docs_per_record: collections.Counter = collections.Counter()
     lines_read = written = short = identical = 0
+    mode_stats = get_mode(cfg.mode).new_stats()
     start = time.perf_counter()
     bar = progress_bar(
         total=reader.input_size, unit="B", unit_scale=True, unit_divisor=1024,
@@ -224,7 +217,7 @@ def main(cfg: Stage0Config) -> dict:
         with bar, atomic_file(cfg.output_file, "wb") as fh, _output_stream(fh, cfg.output_file) as out, \
                 contextlib.closing(_results(_limited(reader, cfg.limit), cfg, workers)) as results:
             # (closing: on an error or Ctrl-C the worker pool stops here, before the temp file goes)
-            for _n, line_out, reason, n_docs, n_negs, n_identical in results:
+            for _n, line_out, reason, n_docs, n_identical, info in results:
                 lines_read += 1
                 identical += n_identical
                 if line_out is None:
@@ -233,7 +226,8 @@ def main(cfg: Stage0Config) -> dict:
                     out.write(line_out)
                     written += 1
                     docs_per_record[n_docs] += 1
-                    short += n_negs < cfg.num_negatives
+                    short += info["negatives"] < cfg.num_negatives
+                    mode_stats.add(info)
                 if bar.n != reader.input_bytes:
                     bar.update(reader.input_bytes - bar.n)
                     rate = lines_read / max(time.perf_counter() - start, 1e-9)
@@ -249,6 +243,7 @@ def main(cfg: Stage0Config) -> dict:
         "input_file": str(cfg.input_file),
         "output_file": str(cfg.output_file),
         "config": asdict(cfg),
+        "mode": cfg.mode,
         "workers": workers,
         "lines_read": lines_read,
         "records_written": written,
@@ -264,6 +259,7 @@ def main(cfg: Stage0Config) -> dict:
         "input_bytes": reader.input_bytes,
         "records_per_s": round(lines_read / elapsed, 1) if elapsed > 0 else None,
         "input_mb_per_s": round(reader.input_bytes / 1e6 / elapsed, 2) if elapsed > 0 else None,
+        **mode_stats.summary(),
     }
     write_json(stats_path(cfg.output_file), stats)
     return stats
@@ -294,5 +290,6 @@ def print_summary(stats: dict, file=sys.stdout) -> None:
             f"  documents/record min {docs['min']}  mean {docs['mean']}  p50 {docs['p50']:g}  "
             f"p90 {docs['p90']:g}  max {docs['max']}"
         )
+    lines += get_mode(stats["mode"]).new_stats().lines(stats)
     lines.append(f"  stats            {stats_path(stats['output_file'])}")
     print("\n".join(lines), file=file)

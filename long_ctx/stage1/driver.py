@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from long_ctx.common.line_reader import InputFileError, LineReader, check_input_
 from long_ctx.common.ordered_pool import ordered_imap
 from long_ctx.common.parquet_shards import ShardWriter
 from long_ctx.common.progress import progress_bar
-from long_ctx.stage1.records import ID_COLUMNS, ChunkResult, init_worker, output_schema, process_chunk
+from long_ctx.stage1.records import ChunkResult, detect_mode, get_format, init_worker, process_chunk
 from long_ctx.world_tokenizer import tokenizer_info
 
 STATS_FILE = "stats.json"
@@ -85,6 +86,23 @@ def iter_chunks(reader: LineReader, chunk_size: int, limit: int | None, bar) -> 
     bar.update(reader.input_bytes - shown)
 
 
+#: Chunks read ahead at most to find the first record and with it the run's stage-0 mode.
+MODE_LOOKAHEAD_CHUNKS = 16
+
+
+def peek_mode(chunks: Iterator[list[bytes]]) -> tuple[str, Iterator[list[bytes]]]:
+    """(the stage-0 mode of the first record, the same chunks from the start); passage when no
+    line in the first MODE_LOOKAHEAD_CHUNKS chunks is a JSON object."""
+    head: list[list[bytes]] = []
+    mode = None
+    for chunk in chunks:
+        head.append(chunk)
+        mode = detect_mode(chunk)
+        if mode is not None or len(head) >= MODE_LOOKAHEAD_CHUNKS:
+            break
+    return mode or "passage", itertools.chain(head, chunks)
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver
 
@@ -92,12 +110,13 @@ def iter_chunks(reader: LineReader, chunk_size: int, limit: int | None, bar) -> 
 class _Summary:
     """Counts and length distributions gathered while batches stream past."""
 
-    def __init__(self) -> None:
+    def __init__(self, fmt) -> None:
+        self.fmt = fmt
         self.lines = 0
         self.written = 0
         self.skipped: collections.Counter = collections.Counter()
         self.examples: list[dict] = []
-        self.lengths = {c: LengthCounter() for c in (*ID_COLUMNS, "negatives")}
+        self.lengths = {c: LengthCounter() for c in fmt.length_columns}
 
     def add(self, result: ChunkResult, first_line: int, n_lines: int) -> None:
         self.lines += n_lines
@@ -105,17 +124,11 @@ class _Summary:
             self.skipped[reason] += 1
             if len(self.examples) < 20 and reason != "blank_line":
                 self.examples.append({"line": first_line + i, "reason": reason})
-        batch = result.batch
-        if batch is None:
+        if result.batch is None:
             return
-        import pyarrow.compute as pc  # main process only; workers skip its ~0.15 s import
-
-        self.written += batch.num_rows
-        for c in ID_COLUMNS:
-            self.lengths[c].add(pc.list_value_length(batch.column(c)).to_numpy(zero_copy_only=False))
-        self.lengths["negatives"].add(
-            pc.list_value_length(batch.column("negatives").flatten()).to_numpy(zero_copy_only=False)
-        )
+        self.written += result.batch.num_rows
+        for c, lengths in self.fmt.lengths(result.batch).items():
+            self.lengths[c].add(lengths)
 
 
 def main(config: Stage1Config) -> dict:
@@ -123,21 +136,22 @@ def main(config: Stage1Config) -> dict:
     config.validate()
     in_path, out_dir = Path(config.input_file), Path(config.output_dir)
     start = time.perf_counter()
-    summary = _Summary()
-    schema = output_schema(config.keep_text)
     reader = LineReader(in_path)
     bar = progress_bar(total=reader.input_size, unit="B", unit_scale=True, desc="stage 1",
                        disable=not config.progress)
     with atomic_dir(out_dir) as tmp:
+        mode, chunks = peek_mode(iter_chunks(reader, config.chunk_size, config.limit, bar))
+        fmt = get_format(mode)
+        summary = _Summary(fmt)
         # snappy + dictionary: within 20% of zstd's size, cheaper to write and 3x faster to read.
-        writer = ShardWriter(tmp, schema, config.rows_per_shard, config.row_group_rows, compression="snappy")
-        chunks = iter_chunks(reader, config.chunk_size, config.limit, bar)
+        writer = ShardWriter(tmp, fmt.schema(config.keep_text), config.rows_per_shard, config.row_group_rows,
+                             compression="snappy")
         sizes: collections.deque = collections.deque()
 
         def tasks():
             for chunk in chunks:
                 sizes.append(len(chunk))
-                yield chunk, config.keep_text
+                yield chunk, config.keep_text, mode
 
         try:
             with bar:
@@ -162,27 +176,27 @@ def main(config: Stage1Config) -> dict:
         stats = _stats(config, summary, shards, elapsed)
         write_json(tmp / STATS_FILE, stats)
         plot_length_histograms(
-            {"question": summary.lengths["question"], "positive": summary.lengths["positive"],
-             "negative (all)": summary.lengths["negatives"]},
+            {label: summary.lengths[c] for label, c in fmt.plot_series.items()},
             tmp / PLOT_FILE, title=f"Stage 1 token lengths: {out_dir.name}",
         )
-        _write_card(tmp / CARD_FILE, stats, out_dir.name)
-    _print_summary(stats, out_dir)
+        _write_card(tmp / CARD_FILE, stats, out_dir.name, fmt)
+    _print_summary(stats, out_dir, fmt)
     return stats
 
 
 def _stats(config: Stage1Config, s: _Summary, shards: list[Path], elapsed: float) -> dict:
-    tokens = sum(s.lengths[c].total for c in ID_COLUMNS[:-1]) + s.lengths["negatives"].total
+    tokens = sum(s.lengths[c].total for c in s.fmt.token_columns)
     return {
         "input_file": str(config.input_file),
+        "mode": s.fmt.name,
         "lines_read": s.lines,
         "records_written": s.written,
         "records_skipped": sum(s.skipped.values()),
         "skipped_by_reason": dict(sorted(s.skipped.items())),
         "skipped_examples": s.examples,
         "tokens_encoded": tokens,
-        "token_lengths": {c: s.lengths[c].summary() for c in (*ID_COLUMNS, "negatives")},
-        "columns": {f.name: str(f.type) for f in output_schema(config.keep_text)},
+        "token_lengths": {c: s.lengths[c].summary() for c in s.fmt.length_columns},
+        "columns": {f.name: str(f.type) for f in s.fmt.schema(config.keep_text)},
         "shards": [p.name for p in shards],
         "tokenizer": tokenizer_info(),
         "num_proc": config.num_proc,
@@ -192,7 +206,7 @@ def _stats(config: Stage1Config, s: _Summary, shards: list[Path], elapsed: float
     }
 
 
-def _write_card(path: Path, stats: dict, name: str) -> None:
+def _write_card(path: Path, stats: dict, name: str, fmt) -> None:
     columns = markdown_table(["column", "type"], stats["columns"].items())
     counts = markdown_table(
         ["lines read", "records written", "records skipped"],
@@ -205,12 +219,10 @@ def _write_card(path: Path, stats: dict, name: str) -> None:
         path,
         title=f"{name}: RWKV World token ids (stage 1)",
         intro=(
-            f"Query/positive/negative records from `{Path(stats['input_file']).name}` tokenized with the "
+            f"Stage-0 records (mode `{fmt.name}`) from `{Path(stats['input_file']).name}` tokenized with the "
             f"RWKV World tokenizer (`{tok['vocab']}`, ids {tok['id_range'][0]}..{tok['id_range'][1]}, "
             f"{tok['encoder']}, identical to `rwkv.rwkv_tokenizer.TRIE_TOKENIZER`). Load with "
-            "`datasets.load_dataset(DIR, split=\"train\")`. `negative` is the first of `negatives`; "
-            "`gold_id` and `negative_ids` are 1-based document numbers in the source record; "
-            "`line_number` is the 0-based line of the source NQ file."
+            "`datasets.load_dataset(DIR, split=\"train\")`. " + fmt.card_intro
         ),
         sections=[
             ("Counts", counts + "\n\n" + reasons),
@@ -221,7 +233,7 @@ def _write_card(path: Path, stats: dict, name: str) -> None:
     )
 
 
-def _print_summary(stats: dict, out_dir: Path) -> None:
+def _print_summary(stats: dict, out_dir: Path, fmt) -> None:
     print(f"stage 1: {stats['records_written']:,} records -> {out_dir} "
           f"({len(stats['shards'])} shard(s), {stats['tokens_encoded']:,} tokens, "
           f"{stats['elapsed_s']:.1f} s, {stats['records_per_s'] or 0:,.0f} records/s)")
@@ -230,6 +242,6 @@ def _print_summary(stats: dict, out_dir: Path) -> None:
     if stats["records_skipped"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in stats["skipped_by_reason"].items())
         print(f"  skipped {stats['records_skipped']:,} line(s): {reasons}")
-    for c in ("question", "positive", "negatives"):
+    for c in fmt.summary_columns:
         s = stats["token_lengths"][c]
         print(f"  {c:>9} tokens: mean {s['mean']:.1f}, p50 {s['p50']}, p99 {s['p99']}, max {s['max']}")
