@@ -9,7 +9,7 @@ Every flag and its help text is defined next to its field in cross_encoder/train
 """
 from cross_encoder.runtime import run_cli_on_ranks
 from cross_encoder.training.config import config_from_args
-from cross_encoder.training.run_dir import interrupted_note
+from cross_encoder.training.outputs.run_dir import interrupted_note
 from cross_encoder.training.trainer import main
 
 if __name__ == "__main__":

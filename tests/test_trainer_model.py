@@ -6,7 +6,7 @@ from trainer_helpers import SEP, tiny_model, toy_dataset
 
 from cross_encoder.modeling import CrossEncoder, attach_lora, load_cross_encoder, make_lora_config
 from cross_encoder.rwkv5 import expand_state, load_rwkv5
-from cross_encoder.training.checkpoints import save_checkpoint
+from cross_encoder.training.outputs.checkpoints import save_checkpoint
 from cross_encoder.training.data import collate, load_padded_dataset
 from cross_encoder.training.losses import LOSSES, get_loss
 

@@ -304,7 +304,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(assets, fini
 def test_every_checkpoint_file_follows_the_umask(assets, tmp_path):
     old = os.umask(0o027)
     try:
-        import cross_encoder.training.checkpoints as ck
+        import cross_encoder.training.outputs.checkpoints as ck
 
         ck._UMASK = 0o027  # read once at import, as atomic.py does
         main(config(assets, tmp_path / "out", max_steps=1))

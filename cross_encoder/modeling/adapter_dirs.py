@@ -8,7 +8,7 @@ A checkpoint folder holds:
   the run's flags and fingerprints (what a resume is compared against);
 - `training_state.pt`: optimizer, scheduler, step, epoch, sampler position, RNG per process.
 The adapter files and the cross-encoder config are all an evaluator needs (with the base .pth);
-the training state makes it resumable. The trainer writes them (`cross_encoder.training.checkpoints`);
+the training state makes it resumable. The trainer writes them (`cross_encoder.training.outputs.checkpoints`);
 everything that loads a trained model finds them here.
 
 Folders are written atomically, so a damaged one comes from the disk or a user (a truncated copy,

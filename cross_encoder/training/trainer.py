@@ -30,16 +30,16 @@ from cross_encoder.modeling import CrossEncoder, attach_lora, check_model_file, 
 from cross_encoder.modeling.loading import architecture, check_architecture, model_fingerprint
 from cross_encoder.runtime import Runtime, maybe_no_sync, setup_runtime, teardown_runtime
 from cross_encoder.rwkv5 import load_rwkv5
-from cross_encoder.training.checkpoints import (FINAL_NAME, load_training_state, remove_stale_dirs,
+from cross_encoder.training.outputs.checkpoints import (FINAL_NAME, load_training_state, remove_stale_dirs,
                                                 rotate_checkpoints, save_checkpoint)
 from cross_encoder.training.config import TrainConfig
 from cross_encoder.training.data import (BatchDataset, PaddedRows, collate, dataset_fingerprint, group_spans,
                                          load_padded_dataset, plan_epoch, plan_eval, read_padding_meta,
                                          shard_for_rank, split_groups)
-from cross_encoder.training.log import MetricsWriter, plot_loss, truncate_metrics
+from cross_encoder.training.outputs.log import MetricsWriter, plot_loss, truncate_metrics
 from cross_encoder.training.losses import ACCURACY_THRESHOLD, NEEDS_WHOLE_GROUPS, get_loss
 from cross_encoder.training.metrics import all_metrics
-from cross_encoder.training.run_dir import (flag_differences, newest_note, other_differences, plan_resume,
+from cross_encoder.training.outputs.run_dir import (flag_differences, newest_note, other_differences, plan_resume,
                                             refuse_resume, saved_flags)
 from long_ctx.common.atomic import write_json
 from long_ctx.common.cli_errors import UsageError
