@@ -8,7 +8,7 @@ answers what is in flight and exits 0. Reference: docs/serving.md.
 """
 from cross_encoder.serving.serve_config import config_from_args
 from cross_encoder.serving.server import main
-from long_ctx.common.cli_errors import run_cli
+from long_ctx.common.cli import run_cli
 
 if __name__ == "__main__":
     run_cli(main, config_from_args(description=__doc__))

@@ -10,7 +10,7 @@ import argparse
 
 from cross_encoder.cli_flags import add_model_flags
 from cross_encoder.modeling.export import DTYPES, ExportConfig, main
-from long_ctx.common.cli_errors import run_cli
+from long_ctx.common.cli import run_cli
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -31,7 +31,7 @@ import orjson
 from cross_encoder.modeling.adapter_dirs import CHECKPOINT_RE, FINAL_NAME
 from cross_encoder.training.outputs.run_dir import CONFIG_NAME, METRICS_NAME, PLOT_NAME, check_output_dir
 from long_ctx.common.atomic import atomic_file, write_json
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 from long_ctx.common.line_reader import iter_lines
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 
-from long_ctx.common.cli_errors import USER_ERRORS, Terminated, UsageError, run_cli
+from long_ctx.common.cli import USER_ERRORS, Terminated, UsageError, run_cli
 
 T = TypeVar("T")
 

@@ -3,7 +3,7 @@ import argparse
 import os
 
 from long_ctx.common.atomic import interrupted_note
-from long_ctx.common.cli_errors import run_cli
+from long_ctx.common.cli import run_cli
 from long_ctx.stage1 import Stage1Config, main
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 import argparse
 
 from long_ctx.common.atomic import interrupted_note
-from long_ctx.common.cli_errors import run_cli
+from long_ctx.common.cli import run_cli
 from long_ctx.stage2 import Stage2Config, main
 
 if __name__ == "__main__":

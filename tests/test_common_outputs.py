@@ -9,7 +9,7 @@ from process_helpers import dead_pid
 
 from long_ctx.common.atomic import (atomic_dir, atomic_file, check_output_dir, check_output_file, holds_marker,
                                     remove_stale_temps)
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 
 MARKER = {"stats.json": ("records_written", "shards")}
 OWN = ("train-*.parquet", "stats.json", "README.md")

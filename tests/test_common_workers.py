@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from process_helpers import _children
 
-from long_ctx.common.cli_errors import WorkerDied
+from long_ctx.common.cli import WorkerDied
 from long_ctx.common.ordered_pool import chunked, ordered_imap
 
 METHODS = ["fork", "forkserver"]

@@ -15,7 +15,7 @@ from cross_encoder.evaluation.evaluator import main as evaluate
 from cross_encoder.serving.rerank_cli import RerankConfig
 from cross_encoder.serving.rerank_cli import main as rerank
 from cross_encoder.serving.reranker import QueryCutWarning, Reranker
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 from long_ctx.stage0.nq_format import parse_line, render_text
 
 LONG_QUERY = "which of these words " * 30  # ~120 tokens: far longer than a 20-token row

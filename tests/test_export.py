@@ -21,7 +21,7 @@ from cross_encoder.modeling.export import ExportConfig, main
 from cross_encoder.modeling.loading import load_cross_encoder
 from cross_encoder.rwkv5 import load_rwkv5
 from cross_encoder.serving.reranker import Reranker
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 
 SCRIPT = REPO / "cross_encoder" / "5_export.py"
 VOCAB = 65536  # the toy rows use World ids

@@ -125,7 +125,7 @@ def test_mistakes_end_before_binding(tmp_path):
     import socket
 
     from cross_encoder.serving.server import main
-    from long_ctx.common.cli_errors import USER_ERRORS
+    from long_ctx.common.cli import USER_ERRORS
 
     model, adapter = tmp_path / "m.pth", tmp_path / "final"
     with pytest.raises(FileNotFoundError, match="--model_file"):

@@ -14,7 +14,7 @@ from process_helpers import (SAMPLE, dead_pid, finish, one_error_line, run, star
                              worker_pids)
 from stage12_helpers import make_records, write_jsonl
 
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 from long_ctx.common.line_reader import InputFileError
 from long_ctx.stage0.driver import Stage0Config
 from long_ctx.stage0.driver import main as stage0

@@ -19,7 +19,7 @@ import cross_encoder.training.trainer as trainer
 from cross_encoder.modeling import load_cross_encoder
 from cross_encoder.training.data import load_padded_dataset
 from cross_encoder.training.trainer import NONFINITE_LIMIT, main
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,11 @@ from typing import Any, Iterator
 
 import orjson
 
-from cross_encoder.cli_flags import check_outputs, model_inputs
+from cross_encoder.cli_flags import ScoringFlags, check_outputs, model_inputs
 from cross_encoder.evaluation.ranking_metrics import (THIRDS, bucket_order, gold_rank, pool_size_bucket, position_third,
                                                       summarize)
 from long_ctx.common.atomic import atomic_file, write_json
+from long_ctx.common.cli import flag
 from long_ctx.common.line_reader import LineReader
 from long_ctx.common.ordered_pool import chunked
 from long_ctx.common.progress import progress_bar
@@ -43,23 +44,17 @@ EVAL_SKIP_REASONS = {
 
 
 @dataclass
-class EvalConfig:
-    model_file: str
-    adapter: str
-    input_file: str
-    limit: int | None = None  # input lines read at most
-    max_docs: int | None = None  # rank only the first K documents of each pool
-    output_json: str = "eval_results.json"
-    output_plot: str | None = None  # default: output_json with .png
-    per_question: str | None = None  # optional jsonl with each question's gold ranks
-    batch_size: int = 32
-    max_batch_tokens: int = 32_768
-    question_batch: int = 16  # questions whose documents share forward passes
-    max_length: int | None = None  # default: the training rows' max_length
-    device: str = "auto"
-    precision: str = "auto"
-    bm25_tokenizer: str = "words"
-    progress: bool = True
+class EvalConfig(ScoringFlags):
+    """The evaluator's settings; each field is also its command-line flag."""
+
+    input_file: str = flag(None, "raw NQ rows, the input format of stage 0 (.jsonl.zst or .jsonl)", required=True)
+    limit: int | None = flag(None, "read at most this many input lines")
+    max_docs: int | None = flag(None, "rank only the first K documents of each pool (questions whose gold is beyond K are skipped and counted)")
+    output_json: str = flag("eval_results.json", "results file")
+    output_plot: str | None = flag(None, "bar chart PNG (default: the JSON path with .png)")
+    per_question: str | None = flag(None, "optional jsonl with every question's gold ranks and cross-encoder scores")
+    bm25_tokenizer: str = flag("words", "BM25 tokens, as in stage 0", choices=("words", "whitespace"))
+    progress: bool = flag(True, "hide the progress bar", cli_name="no_progress", action="store_false")
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:

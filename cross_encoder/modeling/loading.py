@@ -18,7 +18,7 @@ from peft import PeftModel
 from cross_encoder.modeling.adapter_dirs import CE_CONFIG_NAME, find_adapter
 from cross_encoder.modeling.model import CrossEncoder
 from cross_encoder.rwkv5 import RWKV5Config, config_from_state_dict, load_rwkv5
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 
 # How torch.save files begin: a zip archive (torch >= 1.6), or the legacy pickle whose first
 # object is torch's magic number.

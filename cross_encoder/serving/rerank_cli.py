@@ -20,9 +20,9 @@ from typing import Any, Iterator
 import numpy as np
 import orjson
 
-from cross_encoder.cli_flags import check_outputs, model_inputs
+from cross_encoder.cli_flags import ScoringFlags, check_outputs, model_inputs
 from long_ctx.common.atomic import atomic_file
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError, flag
 from long_ctx.common.line_reader import LineReader
 from long_ctx.common.ordered_pool import chunked
 from long_ctx.common.progress import progress_bar
@@ -39,18 +39,12 @@ SKIP_REASONS = {
 
 
 @dataclass
-class RerankConfig:
-    model_file: str
-    adapter: str
-    input_file: str
-    output_file: str | None = None  # default: <input>.reranked.jsonl beside the input
-    batch_size: int = 32
-    max_batch_tokens: int = 32_768
-    question_batch: int = 16  # queries whose documents share forward passes
-    max_length: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    progress: bool = True
+class RerankConfig(ScoringFlags):
+    """The rerank CLI's settings; each field is also its command-line flag."""
+
+    input_file: str = flag(None, 'jsonl (or .jsonl.zst) of {"query": str, "documents": [str, ...]} lines; an "id" is copied', required=True)
+    output_file: str | None = flag(None, "output jsonl, written atomically (default: <input>.reranked.jsonl beside the input)")
+    progress: bool = flag(True, "hide the progress bar", cli_name="no_progress", action="store_false")
 
     def out_path(self) -> Path:
         if self.output_file:

@@ -50,7 +50,7 @@ from cross_encoder.serving.schemas import (
     Usage,
 )
 from cross_encoder.serving.serve_config import ServeConfig, default_torch_threads
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 
 log = logging.getLogger("cross_encoder.serve")
 ROW_FORMAT = "question [SEP] document [CLS]"

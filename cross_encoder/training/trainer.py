@@ -42,7 +42,7 @@ from cross_encoder.training.metrics import all_metrics
 from cross_encoder.training.outputs.run_dir import (flag_differences, newest_note, other_differences, plan_resume,
                                             refuse_resume, saved_flags)
 from long_ctx.common.atomic import write_json
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 from long_ctx.common.progress import progress_bar
 
 STATE_FORMAT = 1

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import orjson
 
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

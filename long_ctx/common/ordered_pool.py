@@ -27,7 +27,7 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from long_ctx.common.cli_errors import WorkerDied
+from long_ctx.common.cli import WorkerDied
 
 T = TypeVar("T")
 R = TypeVar("R")

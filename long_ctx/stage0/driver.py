@@ -23,12 +23,13 @@ import orjson
 import zstandard
 
 from long_ctx.common.atomic import atomic_file, check_output_file, write_json
+from long_ctx.common.cli import flag
 from long_ctx.common.line_reader import InputFileError, LineReader, check_input_file, is_zstd_path
 from long_ctx.common.ordered_pool import ordered_imap
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import TOKENIZERS, get_tokenizer, index_documents, scores_from_index
 from long_ctx.stage0.bm25.codepoints import JoinedDocs
-from long_ctx.stage0.modes import RecordView, get_mode
+from long_ctx.stage0.modes import MODE_NAMES, RecordView, get_mode
 from long_ctx.stage0.negatives import STRATEGIES, identical_to_positive, negative_candidates
 from long_ctx.stage0.nq_format import SkipRecord, parse_line
 
@@ -50,19 +51,23 @@ ZSTD_LEVEL = 3
 
 @dataclass
 class Stage0Config:
-    input_file: str
-    output_file: str
-    num_splits: int = 0  # worker processes; 0 = CPU count
-    negative_strategy: str = "least"
-    num_negatives: int = 1
-    seed: int = 0
-    bm25_tokenizer: str = "words"
-    filter_answer_docs: bool = True
-    mode: str = "passage"  # what a record becomes: see long_ctx.stage0.modes
-    limit: int | None = None  # stop after this many input lines
-    progress: bool = True
+    """Stage 0's settings; each field is also its command-line flag (`long_ctx.common.cli.flag`)."""
+
+    input_file: str = flag(None, "NQ rows: .jsonl.zst (streamed) or .jsonl; a pipe (e.g. /dev/stdin) is read as .jsonl", required=True)
+    output_file: str = flag(None, "output .jsonl (or .jsonl.zst: zstd-compressed), written atomically; stats go to OUTPUT.stats.json", required=True)
+    num_splits: int = flag(0, "worker processes (0 = one per CPU); output is identical for any value")
+    negative_strategy: str = flag("least", "least: lowest BM25 score; hardest: highest; random: seeded by (seed, line number)", choices=STRATEGIES)
+    num_negatives: int = flag(1, "negatives per record, best first by the strategy")
+    seed: int = flag(0, "seed for everything random (--negative_strategy random, ...)")
+    bm25_tokenizer: str = flag("words", "words: lowercased Unicode \\w+ matches; whitespace: str.split()", choices=tuple(TOKENIZERS))
+    filter_answer_docs: bool = flag(True, "never use a document containing the answer (case-insensitive) as a negative")
+    mode: str = flag("passage", "what each record becomes (see docs/stage0.md): passage = the gold passage + negative passages", choices=MODE_NAMES)
+    limit: int | None = flag(None, "read at most this many input lines")
+    progress: bool = flag(True, "hide the progress bar", cli_name="no_progress", action="store_false")
 
     def validate(self) -> None:
+        if not self.input_file or not self.output_file:
+            raise ValueError("--input_file and --output_file are required")
         get_mode(self.mode)  # raises on an unknown mode
         if self.negative_strategy not in STRATEGIES:
             raise ValueError(f"--negative_strategy must be one of {STRATEGIES}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from long_ctx.common.atomic import atomic_dir, check_output_dir, write_json
-from long_ctx.common.cli_errors import WorkerDied
+from long_ctx.common.cli import WorkerDied
 from long_ctx.common.dataset_card import SHARD_GLOB, length_table, markdown_table, write_dataset_card
 from long_ctx.common.lengths import LengthCounter, plot_length_histograms
 from long_ctx.common.line_reader import InputFileError, LineReader, check_input_file

@@ -26,7 +26,7 @@ import orjson
 from cross_encoder.modeling.adapter_dirs import (CHECKPOINT_RE, FINAL_NAME, Found, adapter_problem, find_adapter,
                                                  foreign_entries)
 from cross_encoder.training.config import RESUME_FIXED, TrainConfig
-from long_ctx.common.cli_errors import UsageError
+from long_ctx.common.cli import UsageError
 
 CONFIG_NAME, METRICS_NAME, PLOT_NAME = "config.json", "metrics.jsonl", "loss.png"
 CONFIG_KEYS = frozenset(("model_file", "ds_dir", "output_dir", "lora_ckpt", "resolved"))
