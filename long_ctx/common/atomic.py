@@ -158,20 +158,23 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _inside(inner: Path, outer: Path) -> bool:
-    inner, outer = inner.resolve(), outer.resolve()
+def is_inside(inner: Path, outer: Path) -> bool:
+    """`inner` is `outer` or lies somewhere below it (symlinks resolved)."""
+    inner, outer = Path(inner).resolve(), Path(outer).resolve()
     return inner == outer or outer in inner.parents
 
 
-def _check_parent_writable(path: Path, flag: str) -> None:
-    # The nearest existing ancestor decides: the rest will be created under it.
-    ancestor = path.parent
+def check_writable(folder: Path, flag: str, shown: Path | None = None) -> None:
+    """Refuse a location where nothing can be written: the nearest existing folder at or above
+    `folder` decides (the rest would be created under it). `shown` is the path the message names."""
+    shown = shown if shown is not None else folder
+    ancestor = Path(folder)
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise UsageError(f"{flag} {path}: {ancestor} is a file, so no folder can be made there; choose another path")
+        raise UsageError(f"{flag} {shown}: {ancestor} is a file, so no folder can be made there; choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: cannot write in {ancestor} (permission denied); choose a writable location")
+        raise UsageError(f"{flag} {shown}: cannot write in {ancestor} (permission denied); choose a writable location")
 
 
 def _names_nothing(path: Path) -> bool:
@@ -193,7 +196,7 @@ def check_output_file(path: PathLike, inputs: Iterable[PathLike] = (), flag: str
     for src in inputs:
         if src is not None and Path(src).exists() and p.exists() and _same(p, Path(src)):
             raise UsageError(f"{flag} {p} is the input {src}; writing it would destroy the input — choose another path")
-    _check_parent_writable(p, flag)
+    check_writable(p.parent, flag, shown=p)
     return p
 
 
@@ -252,11 +255,11 @@ def check_output_dir(
         if src is None or not Path(src).exists():
             continue
         src = Path(src)
-        if _inside(src, p) or _inside(p, src):
-            rel = "is" if _same(p, src) else ("contains" if _inside(src, p) else "lies inside")
+        if is_inside(src, p) or is_inside(p, src):
+            rel = "is" if _same(p, src) else ("contains" if is_inside(src, p) else "lies inside")
             raise UsageError(f"{flag} {p} {rel} the input {src}; replacing it would destroy the input — "
                              "choose a folder outside it")
-    if p.exists() and _inside(Path.cwd(), p):
+    if p.exists() and is_inside(Path.cwd(), p):
         raise UsageError(f"{flag} {p} is the current folder or one above it; choose a new folder for the output")
     if p.is_dir():
         entries = [e.name for e in os.scandir(p)]
@@ -273,5 +276,5 @@ def check_output_dir(
             if not overwrite:
                 raise UsageError(f"{flag} {p} already holds a {what} from an earlier run; pass --overwrite to "
                                  "replace it, or choose another folder")
-    _check_parent_writable(p, flag)
+    check_writable(p.parent, flag, shown=p)
     return p

@@ -16,7 +16,6 @@ in the folder are never touched.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import orjson
 from cross_encoder.modeling.adapter_dirs import (CHECKPOINT_RE, FINAL_NAME, Found, adapter_problem, find_adapter,
                                                  foreign_entries)
 from cross_encoder.training.config import RESUME_FIXED, TrainConfig
+from long_ctx.common.atomic import check_writable, is_inside
 from long_ctx.common.cli import UsageError
 
 CONFIG_NAME, METRICS_NAME, PLOT_NAME = "config.json", "metrics.jsonl", "loss.png"
@@ -58,23 +58,6 @@ def is_own_metrics(path: Path) -> bool:
     return True
 
 
-def _writable(path: Path) -> None:
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"--output_dir {path}: {ancestor} is a file, so no folder can be made there; "
-                         "choose another --output_dir")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"--output_dir {path}: cannot write in {ancestor} (permission denied); "
-                         "choose a writable location")
-
-
-def _inside(inner: Path, outer: Path) -> bool:
-    inner, outer = inner.resolve(), outer.resolve()
-    return inner == outer or outer in inner.parents
-
-
 def check_output_dir(out: Path, ds_dir: str | Path) -> list[Path]:
     """Refuse an output folder holding, at a name the trainer writes, something not its own.
 
@@ -83,10 +66,10 @@ def check_output_dir(out: Path, ds_dir: str | Path) -> list[Path]:
     move = "move it elsewhere or choose another --output_dir"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output_dir {out} is a file, not a folder; choose another --output_dir")
-    if Path(ds_dir).is_dir() and _inside(out, Path(ds_dir)):
+    if Path(ds_dir).is_dir() and is_inside(out, Path(ds_dir)):
         raise UsageError(f"--output_dir {out} is inside the dataset folder {ds_dir} (--ds_dir); choose a folder "
                          "outside it")
-    _writable(out)
+    check_writable(out, "--output_dir")
     if not out.is_dir():
         return []
     config, metrics, plot = out / CONFIG_NAME, out / METRICS_NAME, out / PLOT_NAME
@@ -134,7 +117,7 @@ def plan_resume(c: TrainConfig) -> ResumePlan:
                                   f"{out} to continue it, or choose an empty --output_dir")
         return ResumePlan(None)
     src = Path(c.lora_ckpt)
-    if existing and not _inside(src, out):
+    if existing and not is_inside(src, out):
         raise UsageError(f"{out} already holds checkpoints ({existing[0].name}, ...) of a run other than --lora_ckpt "
                          f"{src}, which later saves would rotate away; choose an empty --output_dir")
     if not src.exists():
@@ -170,7 +153,7 @@ def interrupted_note(c: TrainConfig) -> str:
     found = newest_intact(out)
     if found is None:
         return f"no checkpoint was written to {out} yet (--save_every {c.save_every}); a rerun starts from step 0"
-    same = c.lora_ckpt is not None and _inside(Path(c.lora_ckpt), out)
+    same = c.lora_ckpt is not None and is_inside(Path(c.lora_ckpt), out)
     how = "rerun the same command" if same else f"rerun the same command with --lora_ckpt {out}"
     return f"{found.path.name} (step {found.step}) is the newest checkpoint in {out}; {how} to continue"
 
