@@ -12,56 +12,8 @@ Each case runs in a fresh process so its peak RSS (VmHWM, reset before the step)
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import ctypes
-import multiprocessing as mp
-import time
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _init_child(threads: int) -> None:
-    """Per case process: fixed thread count; large blocks mmap'd so that freed memory leaves RSS,
-    which makes peak RSS minus baseline the memory a step really needed."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 16)
-    except OSError:
-        pass
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM (peak RSS) to the current RSS
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _timed(step, reps: int) -> tuple[float, float]:
-    """(median seconds per call after one warm-up call, peak RSS increase over all calls in MiB)."""
-    has_peak = _reset_peak()
-    base = _status_kib("VmRSS")
-    step()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    peak = (_status_kib("VmHWM") - base) / 1024 if has_peak else float("nan")
-    return sorted(times)[len(times) // 2], peak
+from measure import run_isolated, timed
 
 
 def kernel_case(impl: str, T: int, backward: bool, chunk_len: int, reps: int) -> dict:
@@ -85,8 +37,8 @@ def kernel_case(impl: str, T: int, backward: bool, chunk_len: int, reps: int) ->
         def step():
             with torch.no_grad():
                 fn(r, k, v, log_w, u)
-    sec, peak = _timed(step, reps)
-    return {"sec": sec, "peak": peak}
+    t = timed(step, reps)
+    return {"sec": t["sec"], "peak": t["peak"]}
 
 
 def model_case(name: str, impl: str, n_layer: int, n_embd: int, B: int, T: int, reps: int) -> dict:
@@ -102,15 +54,8 @@ def model_case(name: str, impl: str, n_layer: int, n_embd: int, B: int, T: int, 
     def step():
         model.zero_grad(set_to_none=True)
         model.hidden(ids).float().pow(2).mean().backward()
-    sec, peak = _timed(step, reps)
-    return {"sec": sec, "peak": peak, "tok_s": B * T / sec}
-
-
-def run_isolated(threads: int, fn, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_child,
-                                initargs=(threads,)) as pool:
-        return pool.submit(fn, *args).result()
+    t = timed(step, reps)
+    return {"sec": t["sec"], "peak": t["peak"], "tok_s": B * T / t["sec"]}
 
 
 def main(args: argparse.Namespace) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-from functools import lru_cache
+import warnings
+from functools import lru_cache, wraps
 from typing import Callable
 
 import torch
@@ -32,6 +33,17 @@ DEFAULT_CHUNK_LEN = 64
 FUSED_MIN_T = 64
 
 IMPLS = ("auto", "chunked", "reference", "fused")
+
+
+def _float32_math(kernel: Callable) -> Callable:
+    """Run `kernel` with autocast off: under torch.autocast (the trainer's bf16 default on CUDA) its
+    matmuls would otherwise run in bf16 and return a bf16 output, while the state and the products
+    that feed it must stay float32 over thousands of tokens."""
+    @wraps(kernel)
+    def wrapper(r: Tensor, *args, **kwargs):
+        with torch.autocast(device_type=r.device.type, enabled=False):
+            return kernel(r, *args, **kwargs)
+    return wrapper
 
 
 def _prepare(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor | None):
@@ -49,6 +61,7 @@ def _prepare(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: T
     return tuple(x.to(dtype) for x in (r, k, v, log_w, u, state))
 
 
+@_float32_math
 def wkv5_reference(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
                    state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The recurrence one token at a time: the readable definition the other kernels are tested against."""
@@ -145,6 +158,7 @@ class _WithinChunk(torch.autograd.Function):
         return dr, dk, dv, dlog_w, du
 
 
+@_float32_math
 def wkv5_chunked(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
                  state: Tensor | None = None, chunk_len: int = DEFAULT_CHUNK_LEN) -> tuple[Tensor, Tensor]:
     """Chunked parallel form in PyTorch (autograd; CPU and GPU): exact for any decay.
@@ -200,17 +214,33 @@ def wkv5_chunked(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
     return out, S
 
 
+# The layouts fla's chunk_rwkv6 has taken: its first releases [B, H, T, K] only; later ones a
+# `head_first` flag; current ones (0.3+, which also take `cu_seqlens`) [B, T, H, K] only.
+HEAD_FIRST, HEAD_FIRST_FLAG, TIME_FIRST = "[B, H, T, K]", "head_first flag", "[B, T, H, K]"
+
+
+def fla_layout(fn: Callable) -> str:
+    """Which of the layouts above `fn` (a chunk_rwkv6) takes, read off its signature."""
+    params = inspect.signature(fn).parameters
+    if "head_first" in params:
+        return HEAD_FIRST_FLAG
+    return TIME_FIRST if "cu_seqlens" in params else HEAD_FIRST
+
+
 @lru_cache(maxsize=1)
-def _fla_chunk_rwkv6() -> tuple[Callable, bool] | None:
-    """flash-linear-attention's RWKV-6 chunk op, if installed (never imported on CPU-only paths)."""
+def _fla_chunk_rwkv6() -> tuple[Callable, str] | None:
+    """flash-linear-attention's RWKV-6 chunk op and its layout, if installed and importable (never
+    imported on CPU-only paths). An installed fla that fails to import (e.g. built against another
+    Triton) warns once and leaves 'auto' on the chunked kernel instead of failing every forward."""
     if importlib.util.find_spec("fla") is None:
         return None
     try:
         fn = importlib.import_module("fla.ops.rwkv6").chunk_rwkv6
-    except (ImportError, AttributeError):
+    except Exception as err:  # noqa: BLE001 - any import-time failure of an optional accelerator
+        warnings.warn(f"flash-linear-attention is installed but fla.ops.rwkv6.chunk_rwkv6 could not be "
+                      f"imported ({type(err).__name__}: {err}); using the chunked WKV kernel", stacklevel=2)
         return None
-    # Newer fla takes [B, T, H, K] with head_first=False; older releases only know [B, H, T, K].
-    return fn, "head_first" in inspect.signature(fn).parameters
+    return fn, fla_layout(fn)
 
 
 def fused_available(device: torch.device | str) -> bool:
@@ -218,29 +248,32 @@ def fused_available(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and _fla_chunk_rwkv6() is not None
 
 
+@_float32_math
 def wkv5_fused(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
                state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """RWKV-5 through fla's RWKV-6 chunk op: RWKV-6 with its per-token decay held constant over time.
 
     Everything is passed in float32: a bf16 log-decay would be off by ~0.4 % per step, which
-    compounds over thousands of tokens.
+    compounds over thousands of tokens. fla's state is [B, H, K, V] like ours, its decay argument
+    is the natural-log decay per token (log_w broadcast over T), and scale=1 (RWKV has none).
     """
     found = _fla_chunk_rwkv6()
     if found is None:
         raise RuntimeError("the fused WKV kernel needs flash-linear-attention: pip install flash-linear-attention "
                            "(or use impl='chunked')")
-    fn, has_head_first = found
+    fn, layout = found
     r, k, v, log_w, u, S = (x.float() for x in _prepare(r, k, v, log_w, u, state))
     B, T, H, N = r.shape
-    g = log_w.view(1, 1, H, N).expand(B, T, H, N).contiguous()
-    if has_head_first:
-        out, S = fn(r.contiguous(), k.contiguous(), v.contiguous(), g, u.contiguous(), scale=1.0,
-                    initial_state=S.contiguous(), output_final_state=True, head_first=False)
-        return out.float(), S.float()
-    to_hf = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731  [B, T, H, N] -> [B, H, T, N]
-    out, S = fn(to_hf(r), to_hf(k), to_hf(v), to_hf(g), u.contiguous(), scale=1.0,
-                initial_state=S.contiguous(), output_final_state=True)
-    return out.transpose(1, 2).float(), S.float()
+    g = log_w.view(1, 1, H, N).expand(B, T, H, N)
+    kwargs = {"scale": 1.0, "initial_state": S.contiguous(), "output_final_state": True}
+    if layout == HEAD_FIRST:
+        to_hf = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731  [B, T, H, N] -> [B, H, T, N]
+        out, S = fn(to_hf(r), to_hf(k), to_hf(v), to_hf(g), u.contiguous(), **kwargs)
+        return out.transpose(1, 2).float(), S.float()
+    if layout == HEAD_FIRST_FLAG:
+        kwargs["head_first"] = False
+    out, S = fn(r.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), u.contiguous(), **kwargs)
+    return out.float(), S.float()
 
 
 def wkv5(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor | None = None,
