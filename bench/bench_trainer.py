@@ -30,8 +30,8 @@ from long_ctx.stage2 import OUTPUT_SCHEMA
 SEP, CLS, PAD, L = 2, 1, 0, 8192
 
 
-def write_rows(out: Path, n_groups: int, doc_len: tuple[int, int, int], seed: int) -> Path:
-    """Stage-2 layout with `n_groups` groups of 2 rows; doc_len = (mean, sd, half-range clip)."""
+def write_rows(out: Path, n_groups: int, doc_len: tuple[int, int, int], seed: int, max_length: int = L) -> Path:
+    """Stage-2 layout with `n_groups` groups of 2 rows padded to `max_length`; doc_len = (mean, sd, half-range clip)."""
     rng = np.random.default_rng(seed)
     mean, sd, clip = doc_len
     ids, labels, lengths, groups = [], [], [], []
@@ -40,7 +40,7 @@ def write_rows(out: Path, n_groups: int, doc_len: tuple[int, int, int], seed: in
         for label in (1, 0):
             n = int(np.clip(rng.normal(mean, sd), mean - clip, mean + clip))
             row = q + [SEP] + rng.integers(10, 65000, n).tolist() + [CLS]
-            ids.append(np.pad(np.array(row, np.uint16), (0, L - len(row))))
+            ids.append(np.pad(np.array(row, np.uint16), (0, max_length - len(row))))
             labels.append(label)
             lengths.append(len(row))
             groups.append(g)
@@ -48,7 +48,7 @@ def write_rows(out: Path, n_groups: int, doc_len: tuple[int, int, int], seed: in
     schema = OUTPUT_SCHEMA  # the real stage-2 column types
     pq.write_table(pa.table({"input_ids": [a.tolist() for a in ids], "labels": labels, "length": lengths,
                              "group": groups}, schema=schema), out / "train-00000-of-00001.parquet")
-    meta = {"max_length": L, "sep_token_id": SEP, "cls_token_id": CLS, "pad_token_id": PAD,
+    meta = {"max_length": max_length, "sep_token_id": SEP, "cls_token_id": CLS, "pad_token_id": PAD,
             "is_truncate": True, "num_rows": len(ids), "num_groups": n_groups}
     (out / "padding.json").write_bytes(orjson.dumps(meta))
     return out

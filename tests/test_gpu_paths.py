@@ -115,3 +115,22 @@ def test_wkv_kernels_stay_float32_under_bf16_autocast():
         assert out.dtype == state.dtype == torch.float32
         torch.testing.assert_close(out, want, rtol=0, atol=0)
         torch.testing.assert_close(state, want_state, rtol=0, atol=0)
+
+
+def test_gpu_check_installs_only_what_is_missing_and_pins_torch(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import gpu_install
+
+    reqs = ["torch>=2.3,<2.15", "numpy>=1.26", "orjson>=3.9", "datasets>=3.0", "pyrwkv-tokenizer>=0.9,<1.0"]
+    box = {"torch": "2.11.0+cu130", "triton": "3.6.0", "numpy": "2.5.2", "nvidia-nccl-cu13": "2.28.3",
+           "datasets": "2.19.0", "pyrwkv-tokenizer": "0.9.1", "pandas": "3.0.0"}
+    missing, constraints = gpu_install.plan(reqs, box)
+    assert missing == ["orjson>=3.9", "datasets>=3.0"]  # absent, or installed outside the range
+    assert constraints == ["numpy==2.5.2", "nvidia-nccl-cu13==2.28.3", "torch==2.11.0+cu130", "triton==3.6.0"]
+    with pytest.raises(SystemExit, match="never replaces torch"):
+        gpu_install.plan(reqs, {**box, "torch": "2.2.0"})
+    with pytest.raises(SystemExit, match="torch is not installed"):
+        gpu_install.plan(reqs, {k: v for k, v in box.items() if k != "torch"})
+    # the real project: torch and the test and benchmark extras are all in the list it plans from
+    names = [r.split(">")[0].split("<")[0].split("=")[0] for r in gpu_install.project_requirements()]
+    assert {"torch", "datasets", "transformers", "pytest"} <= set(names)

@@ -58,24 +58,50 @@ def loss_and_grads(model, batch, seed=123):
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_gradient_checkpointing_equals_plain_backward_on_a_2k_row(tmp_path):
+@pytest.mark.parametrize("segment_len", [None, 512])
+def test_gradient_checkpointing_equals_plain_backward_on_a_2k_row(tmp_path, segment_len):
     model = lora_cross_encoder(tiny_model(tmp_path / "m.pth", n_layer=3))
     batch = rows([2048, 1531], TOY_VOCAB)
     rwkv = model.base_model.model.rwkv
+    rwkv.segment_len = segment_len
+    segments = 1 if segment_len is None else 2048 // segment_len
     calls = []
     for block in rwkv.blocks:
         block.register_forward_pre_hook(lambda *a: calls.append(1))  # pre: recomputation may stop early
     plain_loss, plain = loss_and_grads(model, batch)
-    assert len(calls) == 3
+    assert len(calls) == 3 * segments
     rwkv.gradient_checkpointing = True
     calls.clear()
     ckpt_loss, ckpt = loss_and_grads(model, batch)
-    assert len(calls) == 6  # every block ran again in backward: checkpointing was really on
+    assert len(calls) == 6 * segments  # every block ran again in backward: checkpointing was really on
     assert ckpt_loss == plain_loss
     assert plain.keys() == ckpt.keys() and any("lora_A" in n for n in plain) and any("score" in n for n in plain)
     for name in plain:
         assert plain[name].abs().max() > 0, name
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_cpu_segments_equal_one_pass_outputs_state_and_gradients(tmp_path):
+    from cross_encoder.rwkv5.model import DEFAULT_CPU_SEGMENT_LEN
+
+    rwkv = load_rwkv5(tiny_model(tmp_path / "m.pth", n_layer=2), with_head=False)
+    assert rwkv.segment_len == DEFAULT_CPU_SEGMENT_LEN
+    ids = rows([333, 200], TOY_VOCAB)[0]
+
+    def run(segment_len):
+        rwkv.segment_len = segment_len
+        rwkv.zero_grad(set_to_none=True)
+        h, state = rwkv.hidden(ids, return_state=True)
+        (h.pow(2).mean() + sum(s.pow(2).mean() for layer in state for s in layer)).backward()
+        return h.detach(), [s.detach() for layer in state for s in layer], [p.grad for p in rwkv.parameters()]
+
+    h1, s1, g1 = run(None)  # one pass over all 333 tokens: the reference
+    h2, s2, g2 = run(128)  # segments of 128, 128, 77
+    torch.testing.assert_close(h2, h1, rtol=1e-6, atol=1e-6)
+    for a, b in zip(s2 + g2, s1 + g1):
+        assert b.abs().max() > 0 and (a - b).abs().max() <= 1e-5 * b.abs().max()  # float32 summation order
+    with pytest.raises(ValueError, match="multiple of 64"):
+        run(100)
 
 
 # bf16 autocast: relative tolerance on the loss of a tiny random model. Measured ~0.1-0.5 %; bf16
@@ -194,7 +220,7 @@ def test_bench_long_context_small_configuration_writes_table_and_plot(tmp_path):
     cases = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 10 and cells[3].isdigit():
+        if len(cells) == 11 and cells[3].isdigit():
             cases[(cells[0], cells[2], int(cells[3]))] = float(cells[4])
     expect = {(m, p, T) for T in (256, 1024) for m, p in [("RWKV-5", "fwd"), ("RWKV-5", "fwd+bwd"),
                                                          ("RWKV-5", "fwd+bwd gc"), ("BERT", "fwd"), ("BERT", "fwd+bwd")]}
@@ -221,3 +247,15 @@ def test_bench_skips_cases_over_budget_instead_of_crashing(monkeypatch):
     t0 = time.perf_counter()
     assert "time budget" in run_budgeted(1, time.sleep, (30,), time_budget_s=1.0)["skipped"]
     assert time.perf_counter() - t0 < 20
+
+
+def test_relu_square_matches_autograd_of_the_plain_expression():
+    from cross_encoder.rwkv5.model import relu_square
+
+    k = torch.randn(3, 50, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    assert torch.autograd.gradcheck(relu_square, (k,))
+    g = torch.randn(3, 50, 7, dtype=torch.float64)
+    want = torch.autograd.grad((torch.relu(k) ** 2 * g).sum(), k)[0]
+    torch.testing.assert_close(torch.autograd.grad((relu_square(k) * g).sum(), k)[0], want, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(relu_square(k.detach().clone()), torch.relu(k) ** 2, rtol=0, atol=0)

@@ -22,6 +22,11 @@ LayerState = tuple[Tensor, Tensor, Tensor]
 State = list[LayerState]
 
 VERSIONS = ("5.0", "5.1", "5.2")
+# On CPU, inputs longer than this run as consecutive segments with the state carried between them:
+# identical results, but every [B, segment, C] activation stays in cache. Measured on one core
+# (6 x 512): 1.3x faster forward+backward at T = 8k-16k and 1.6x forward at 16k than one pass,
+# and per-token cost at 16k equal to T = 512's; 1024 and 4096 were slower.
+DEFAULT_CPU_SEGMENT_LEN = 2048
 # ChatRWKV's group-norm epsilon; equals RWKV-LM's ln_x(x / head_size_divisor=8) with eps 1e-5.
 LN_X_EPS = 64e-5
 
@@ -88,8 +93,11 @@ class _ReluSquare(torch.autograd.Function):
 
 
 def relu_square(k: Tensor) -> Tensor:
-    """relu(k) ** 2 (the channel-mix activation), with a memory-lean backward."""
-    return _ReluSquare.apply(k) if torch.is_grad_enabled() and k.requires_grad else torch.relu(k).square_()
+    """relu(k) ** 2 (the channel-mix activation), with a memory-lean backward; without autograd it
+    overwrites k (the fresh output of ffn.key), sparing a [B, T, dim_ffn] allocation."""
+    if torch.is_grad_enabled() and k.requires_grad:
+        return _ReluSquare.apply(k)
+    return k.relu_().square_() if not torch.is_grad_enabled() else torch.relu(k).square_()
 
 
 class TimeMix(nn.Module):
@@ -195,6 +203,7 @@ class RWKV5(nn.Module):
         self.ln_out = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False) if with_head else None
         self.gradient_checkpointing = False
+        self.segment_len = DEFAULT_CPU_SEGMENT_LEN
 
     @property
     def wkv_impl(self) -> str:
@@ -220,7 +229,8 @@ class RWKV5(nn.Module):
     def hidden(self, input_ids: Tensor, state: State | None = None,
                return_state: bool = False) -> Tensor | tuple[Tensor, State]:
         """input_ids [B, T] -> hidden [B, T, C] after ln_out; with return_state also the state after the
-        last token, from which a later call continues exactly as if both parts had been one input."""
+        last token, from which a later call continues exactly as if both parts had been one input.
+        On CPU an input longer than `segment_len` runs in segments that way (see DEFAULT_CPU_SEGMENT_LEN)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
         B = input_ids.shape[0]
@@ -229,17 +239,30 @@ class RWKV5(nn.Module):
         elif len(state) != self.config.n_layer or state[0][0].shape[0] != B:
             raise ValueError(f"state must hold {self.config.n_layer} layers of batch {B}; "
                              f"use expand_state(state, {B}) to repeat a batch-1 state")
-        x = self.emb(input_ids)
-        new_state: State = []
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for block, layer_state in zip(self.blocks, state):
-            if use_ckpt:
-                x, layer_state = checkpoint(block, x, *layer_state, use_reentrant=False)
-            else:
-                x, layer_state = block(x, *layer_state)
-            new_state.append(layer_state)
-        x = self.ln_out(x)
-        return (x, new_state) if return_state else x
+        T = input_ids.shape[1]
+        seg = self._segment_len(input_ids.device, T)
+        outs = []
+        for start in range(0, max(T, 1), seg):
+            x = self.emb(input_ids[:, start:start + seg])  # [B, seg, C]
+            new_state: State = []
+            for block, layer_state in zip(self.blocks, state):
+                if use_ckpt:
+                    x, layer_state = checkpoint(block, x, *layer_state, use_reentrant=False)
+                else:
+                    x, layer_state = block(x, *layer_state)
+                new_state.append(layer_state)
+            state = new_state
+            outs.append(self.ln_out(x))
+        x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        return (x, state) if return_state else x
+
+    def _segment_len(self, device: torch.device, T: int) -> int:
+        """Tokens per segment: `segment_len` on CPU; on CUDA (large kernels are what it wants) all of T."""
+        seg = self.segment_len
+        if seg is not None and (not isinstance(seg, int) or seg < 1 or seg % 64):
+            raise ValueError(f"segment_len must be a positive multiple of 64 (the WKV chunk) or None, got {seg!r}")
+        return seg if seg is not None and device.type == "cpu" and T > seg else max(T, 1)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """input_ids [B, T] -> logits [B, T, vocab_size] (float32 only if the model is float32)."""
