@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
 
 import measure
-from measure import machine_load, peak_live_mib, run_budgeted, timed
+from measure import machine_load, run_budgeted, timed
 
 from long_ctx.common.atomic import atomic_file
 
@@ -69,7 +70,10 @@ def run_group(group: dict) -> list[dict]:
     """Build one model, then run its cases in order (CPU: one case per process; CUDA: all of a model).
 
     group: model, shape (n_layer, n_embd, head_size), max_t, device, dtype, reps, max_timed_s,
-    time_budget_s, cases [{impl, pass, T}]. Returns one result dict per case.
+    time_budget_s, cases [{impl, pass, T}], and on CPU `memory`: False = time the case (glibc's
+    default allocator, as users run it; its RSS is kept too), True = measure only the memory one call
+    needs (the process was started with every block >= 64 KiB mmap'd, so RSS is exactly what is
+    live). Returns one result dict per case.
     """
     import torch
 
@@ -102,6 +106,9 @@ def run_group(group: dict) -> list[dict]:
             if cuda:
                 torch.cuda.synchronize()
 
+        if group.get("memory"):
+            results.append({**res, "peak_mib": timed(step, 1, warmup=lambda: step(short))["peak"]})
+            continue
         ref = ids[:, :case["ref_T"]] if case.get("ref_T") else None
         try:
             # The shortest length again just before and after (same process, same model): a
@@ -116,10 +123,6 @@ def run_group(group: dict) -> list[dict]:
             else:
                 t = timed(step, group["reps"], warmup=lambda: step(short), max_timed_s=group["max_timed_s"])
             ref_after = timed(lambda: step(ref), group["reps"]) if ref is not None else None
-            if not cuda:
-                # Timed with glibc's defaults, as users run (freed memory it keeps cached counts in
-                # that RSS); then one more call measured exactly: the memory the step needs.
-                t["rss"], t["peak"] = t["peak"], peak_live_mib(step)
         except torch.cuda.OutOfMemoryError:
             net.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
@@ -129,7 +132,11 @@ def run_group(group: dict) -> list[dict]:
         # own, however many other processes share the cores), on CUDA per wall second.
         key = "sec" if cuda else "cpu_sec"
         res = {**res, "sec": t["sec"], "cpu_sec": t["cpu_sec"], "tok_s": T / t[key], "tok_s_wall": T / t["sec"],
-               "peak_mib": t["peak"], "rss_mib": t.get("rss", float("nan")), "calls": t["calls"]}
+               "calls": t["calls"]}
+        if cuda:
+            res["peak_mib"], res["rss_mib"] = t["peak"], float("nan")
+        else:
+            res["rss_mib"] = t["peak"]
         if ref is not None:
             res["ref_tok_s"] = 2 * case["ref_T"] / (ref_before[key] + ref_after[key])
         results.append(res)
@@ -206,15 +213,27 @@ def measure_all(args: argparse.Namespace, shape: tuple[int, int, int], fused: bo
                 case["ref_T"] = lengths[0]
             reason = predicted_over_budget(results, case, args.time_budget_s, args.mem_budget_mib)
             if reason is None:
-                got = run_budgeted(args.threads, run_group, ({**base, "model": model, "cases": [case]},),
-                                   time_budget_s=args.time_budget_s, mem_budget_mib=args.mem_budget_mib,
-                                   mmap_all=False)
-                r = got[0] if isinstance(got, list) else {**case, **got}
+                r = _cpu_case(args, base, case)
             else:
                 r = {**case, "skipped": reason}
             _print_progress(r)
             results.append(r)
     return results
+
+
+def _cpu_case(args: argparse.Namespace, base: dict, case: dict) -> dict:
+    """One CPU case in two fresh processes: timed with glibc's defaults, then its memory measured
+    exactly (glibc keeps freed blocks mapped, so the first process's RSS overstates what was live)."""
+    group = {**base, "model": case["model"], "cases": [case]}
+    budgets = {"time_budget_s": args.time_budget_s, "mem_budget_mib": args.mem_budget_mib}
+    got = run_budgeted(args.threads, run_group, ({**group, "memory": False},), mmap_all=False, **budgets)
+    r = got[0] if isinstance(got, list) else {**case, **got}
+    if "skipped" in r:
+        return r
+    mem = run_budgeted(args.threads, run_group, ({**group, "memory": True},), mmap_all=True, **budgets)
+    if isinstance(mem, list) and "peak_mib" in mem[0]:
+        return {**r, "peak_mib": mem[0]["peak_mib"]}
+    return {**r, "peak_mib": float("nan"), "note": f"memory not measured: {(mem if isinstance(mem, dict) else mem[0])['skipped']}"}
 
 
 def _label(r: dict) -> str:
@@ -238,7 +257,9 @@ def _get(results: list[dict], model: str, impl: str, pass_: str, T: int) -> dict
 
 
 def _ratio(a: dict | None, b: dict | None, key: str = "tok_s") -> float | None:
-    return a[key] / b[key] if a and b and b[key] else None
+    if not a or not b or not b[key] or math.isnan(a[key]) or math.isnan(b[key]):
+        return None
+    return a[key] / b[key]
 
 
 def _fmt(x: float | None, spec: str = ".2f", suffix: str = "x") -> str:
@@ -253,9 +274,10 @@ def case_table(results: list[dict]) -> str:
         if "skipped" in r:
             lines.append(f"| {name} | {r['impl']} | {r['pass']} | {r['T']} | skipped: {r['skipped']} | | | | | | |")
         else:
+            mib = lambda x: "-" if math.isnan(x) else f"{x:.0f}"  # noqa: E731
             lines.append(f"| {name} | {r['impl']} | {r['pass']} | {r['T']} | {r['tok_s']:.0f} | {r['tok_s_wall']:.0f} | "
-                         f"{r['sec']:.2f} | {r['cpu_sec']:.2f} | {r['calls']} | {r['peak_mib']:.0f} | "
-                         f"{'-' if math.isnan(r['rss_mib']) else format(r['rss_mib'], '.0f')} |")
+                         f"{r['sec']:.2f} | {r['cpu_sec']:.2f} | {r['calls']} | {mib(r['peak_mib'])} | "
+                         f"{mib(r['rss_mib'])} |" + (f" {r['note']}" if "note" in r else ""))
     return "\n".join(lines)
 
 
@@ -327,7 +349,7 @@ def targets(results: list[dict], lengths: list[int]) -> list[tuple[str, str, str
     t_prev = tmax // 4
     lo, hi = _get(results, "rwkv", "chunked", "fwd+bwd gc", t_prev), _get(results, "rwkv", "chunked", "fwd+bwd gc", tmax)
     name = f"RWKV-5 gc peak memory at T={tmax} <= 4.4x T={t_prev}"
-    if lo and hi:
+    if _ratio(hi, lo, "peak_mib") is not None:
         r = hi["peak_mib"] / lo["peak_mib"]
         out.append((name, f"{hi['peak_mib']:.0f} / {lo['peak_mib']:.0f} MiB = {r:.2f}x", "met" if r <= 4.4 else "NOT met"))
     else:
@@ -396,9 +418,10 @@ def report(args: argparse.Namespace, results: list[dict], fused: bool, load_befo
   frozen in both, everything else trainable, loss mean(hidden^2); "gc" = gradient checkpointing per block
 - device: {where}; torch {torch.__version__}
 - peak = {"torch.cuda.max_memory_allocated minus the allocation before the case" if args.device == "cuda" else
-          "the memory one more call needs at its peak, measured after the timed calls with every block >= 64 KiB "
-          "mmap'd and glibc's cached heap trimmed (peak RSS minus RSS before it), each case in a fresh process; "
-          "the timed calls run with glibc's defaults, as users do"}
+          "the memory one call needs: peak RSS minus RSS before it, in a fresh process with every block >= 64 KiB "
+          "mmap'd (freed memory leaves RSS at once), after a warm-up at T <= " + str(WARMUP_T) + "; the timed calls "
+          "run in another fresh process with glibc's defaults, as users run (its peak RSS, which counts the freed "
+          "blocks glibc keeps, is the RSS column)"}
 - tokens/s = T / {"wall" if args.device == "cuda" else "CPU"} seconds per call{"" if args.device == "cuda" else
   " (one thread, so CPU time is what a case costs on its own on the shared cores; the wall-clock rate is shown too)"};
   every ratio below uses it; median of up to {args.reps} calls after a warm-up, fewer once {args.max_timed_s:.0f} s were timed;
@@ -472,6 +495,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not fused and not args.no_fused:
             print("note: flash-linear-attention is not importable: the fused WKV kernel is not measured", file=sys.stderr)
     measure.PRELOAD += ["cross_encoder.rwkv5", "transformers.models.bert.modeling_bert"]
+    # A plain `kill` of the benchmark raises here, so the case running in its process is killed too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load_before, t0 = machine_load(), time.perf_counter()
     results = measure_all(args, args.shape, fused)
     load_after, wall = machine_load(), time.perf_counter() - t0

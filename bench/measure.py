@@ -87,24 +87,6 @@ def timed(step: Callable[[], Any], reps: int, warmup: Callable[[], Any] | None =
     return {"sec": median(walls), "cpu_sec": median(cpus), "peak": peak, "calls": len(walls)}
 
 
-def peak_live_mib(step: Callable[[], Any]) -> float:
-    """Memory one call of `step` needs at its peak, in MiB, from now on measured exactly: every
-    block of 64 KiB or more is mmap'd (so a freed one leaves RSS at once) and the heap glibc kept
-    from earlier calls is trimmed first. Call it after the timed calls: it changes the allocator
-    for the rest of the process (slower: each large allocation then page-faults afresh)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 16)
-        libc.malloc_trim(0)
-    except OSError:
-        return float("nan")
-    base = status_kib("VmRSS")
-    if not reset_peak():
-        return float("nan")
-    step()
-    return (status_kib("VmHWM") - base) / 1024
-
-
 def _die_with_parent() -> None:
     """Linux: SIGKILL this case when its parent (the fork server, which exits with the benchmark)
     goes, so a benchmark killed mid-run leaves no case running."""

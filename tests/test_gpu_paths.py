@@ -13,7 +13,7 @@ import types
 import pytest
 import torch
 from rwkv5_helpers import random_wkv_inputs
-from trainer_helpers import REPO
+from trainer_helpers import REPO, tiny_model, toy_dataset
 
 from cross_encoder.rwkv5 import ops
 from cross_encoder.rwkv5.ops import wkv5_chunked, wkv5_fused, wkv5_reference
@@ -134,3 +134,46 @@ def test_gpu_check_installs_only_what_is_missing_and_pins_torch(monkeypatch):
     # the real project: torch and the test and benchmark extras are all in the list it plans from
     names = [r.split(">")[0].split("<")[0].split("=")[0] for r in gpu_install.project_requirements()]
     assert {"torch", "datasets", "transformers", "pytest"} <= set(names)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_training_matches_cpu_and_resumes_with_the_cuda_rng(tmp_path):
+    """The CUDA default end to end: bf16 trunk + autocast, LoRA dropout drawing from the CUDA RNG,
+    a checkpoint (which saves that RNG) and an exact resume."""
+    import orjson
+
+    from cross_encoder.training.config import TrainConfig
+    from cross_encoder.training.trainer import main as train
+
+    model, ds = tiny_model(tmp_path / "m.pth"), toy_dataset(tmp_path / "ds", n_groups=12, max_length=40)
+
+    def cfg(out, device, **kw):
+        return TrainConfig(model_file=str(model), ds_dir=str(ds), output_dir=str(out), ctx_len=64, bs=4,
+                           max_steps=4, lora_r=4, lora_alpha=8, lora_dropout=0.1, eval_fraction=0.0, log_every=1,
+                           save_every=2, seed=0, device=device, **kw)
+
+    def first_loss(out):
+        return orjson.loads((out / "metrics.jsonl").read_bytes().splitlines()[0])["loss"]
+
+    train(cfg(tmp_path / "cpu", "cpu"))
+    train(cfg(tmp_path / "ref", "cuda"))
+    assert orjson.loads((tmp_path / "ref" / "config.json").read_bytes())["resolved"]["precision"] == "bf16"
+    assert abs(first_loss(tmp_path / "ref") - first_loss(tmp_path / "cpu")) <= 0.05 * abs(first_loss(tmp_path / "cpu"))
+
+    def stop(step):
+        if step == 3:
+            raise _Stop
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        train(cfg(out, "cuda"), on_step=stop)
+    train(cfg(out, "cuda", lora_ckpt=str(out)))  # continues from checkpoint-2
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(d / "final" / "adapter_model.safetensors")) for d in (tmp_path / "ref", out))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4, msg=k)
