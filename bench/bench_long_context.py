@@ -9,11 +9,12 @@ Both models: random weights, no dropout, embeddings frozen (the cross-encoder ne
 dense 65536 x C gradient would add the same constant to both), every other weight trainable,
 loss = mean(hidden^2).
 
-Memory: on CPU the peak RSS increase of the timed calls, each case in a fresh process
-(bench/measure.py); on CUDA torch.cuda.max_memory_allocated minus what was allocated before the
-case (the weights). Cases predicted from the shorter lengths to pass --time-budget-s or
---mem-budget-mib are skipped without running; a running case that passes a budget is killed and
-reported as skipped too. Prints the tables, writes them to --out (markdown) and a log-log PNG
+On CPU each (T, pass) is timed in a fresh process, RWKV-5's and the transformer's calls interleaved,
+and each case's memory is measured in another fresh process (bench/measure.py; peak RSS with every
+large block mmap'd, so exactly what was live); on CUDA one process per model, memory =
+torch.cuda.max_memory_allocated minus what was allocated before the case (the weights). Cases
+predicted from the shorter lengths to pass --time-budget-s or --mem-budget-mib are skipped without
+running; a running case that passes a budget is killed and reported as skipped too. Prints the tables, writes them to --out (markdown) and a log-log PNG
 beside it.
 
     python bench/bench_long_context.py                                    # CPU, 6x512, 512..32k
@@ -67,79 +68,89 @@ def _build(model: str, n_layer: int, n_embd: int, head_size: int, max_t: int, de
 
 
 def run_group(group: dict) -> list[dict]:
-    """Build one model, then run its cases in order (CPU: one case per process; CUDA: all of a model).
+    """Run cases in one process; a model is built once for all its cases.
 
-    group: model, shape (n_layer, n_embd, head_size), max_t, device, dtype, reps, max_timed_s,
-    time_budget_s, cases [{impl, pass, T}], and on CPU `memory`: False = time the case (glibc's
-    default allocator, as users run it; its RSS is kept too), True = measure only the memory one call
-    needs (the process was started with every block >= 64 KiB mmap'd, so RSS is exactly what is
-    live). Returns one result dict per case.
+    group: shape (n_layer, n_embd, head_size), max_t, device, dtype, reps, max_timed_s, memory,
+    cases [{pass, T, ref_T (optional), entries [{model, impl}]}]. Returns one result per entry.
+      * memory False (timing): the entries of a case are timed with their calls interleaved (CPU:
+        the RWKV-5 and transformer calls of one T and pass, so their ratio sees the same load; the
+        process runs with glibc's defaults, as users do); an RWKV entry with ref_T also times
+        T = ref_T just before and after, a paired reference for scaling. On CUDA a case has one
+        entry, and its peak is torch.cuda.max_memory_allocated.
+      * memory True (CPU): one entry per case, one call after a short warm-up, in a process started
+        with every block >= 64 KiB mmap'd, so peak RSS minus RSS before is exactly what was live.
     """
     import torch
 
     device, cuda = group["device"], group["device"] == "cuda"
-    net, fwd = _build(group["model"], *group["shape"], group["max_t"], device, group["dtype"])
+    nets: dict[str, tuple] = {}
     gen = torch.Generator().manual_seed(0)
     results: list[dict] = []
     for case in group["cases"]:
-        case = {**case, "model": group["model"]}
-        T, pass_, res = case["T"], case["pass"], case
-        reason = predicted_over_budget(results, case, group["time_budget_s"], float("inf"))
-        if reason:
-            results.append({**res, "skipped": reason})
-            continue
-        if group["model"] == "rwkv":
-            net.wkv_impl = case["impl"]
-            net.gradient_checkpointing = pass_.endswith("gc")
+        T, pass_ = case["T"], case["pass"]
         ids = torch.randint(0, VOCAB, (1, T), generator=gen).to(device)
         short = ids[:, :min(T, WARMUP_T)]
 
-        def step(x=ids):
-            if pass_ == "fwd":
-                net.eval()
-                with torch.no_grad():
-                    fwd(x)
-            else:
-                net.train()
-                net.zero_grad(set_to_none=True)
-                fwd(x).float().pow(2).mean().backward()
-            if cuda:
-                torch.cuda.synchronize()
+        def make_step(entry: dict, x_full=ids):
+            if entry["model"] not in nets:
+                nets[entry["model"]] = _build(entry["model"], *group["shape"], group["max_t"], device, group["dtype"])
+            net, fwd = nets[entry["model"]]
 
-        if group.get("memory"):
-            results.append({**res, "peak_mib": timed(step, 1, warmup=lambda: step(short))["peak"]})
+            def step(x=x_full):
+                if entry["model"] == "rwkv":
+                    net.wkv_impl = entry["impl"]
+                    net.gradient_checkpointing = pass_.endswith("gc")
+                if pass_ == "fwd":
+                    net.eval()
+                    with torch.no_grad():
+                        fwd(x)
+                else:
+                    net.train()
+                    net.zero_grad(set_to_none=True)
+                    fwd(x).float().pow(2).mean().backward()
+                if cuda:
+                    torch.cuda.synchronize()
+            return step
+
+        entries = case["entries"]
+        steps = [make_step(e) for e in entries]
+        res = [{**e, "pass": pass_, "T": T} for e in entries]
+        if group["memory"]:
+            results += [{**r, "peak_mib": timed(st, 1, warmup=lambda st=st: st(short))["peak"]}
+                        for r, st in zip(res, steps)]
             continue
-        ref = ids[:, :case["ref_T"]] if case.get("ref_T") else None
+        ref_T = case.get("ref_T")
+        refs = {i: (lambda st=st: st(ids[:, :ref_T])) for i, (e, st) in enumerate(zip(entries, steps))
+                if ref_T and e["model"] == "rwkv"}
         try:
-            # The shortest length again just before and after (same process, same model): a
-            # paired reference for "vs the shortest length" that sees the machine as this case did.
-            ref_before = timed(lambda: step(ref), group["reps"]) if ref is not None else None
+            # T = ref_T just before and after, in this process and on this model: "vs the shortest
+            # length" then compares calls that saw the machine as this case did.
+            before = {i: timed(f, group["reps"]) for i, f in refs.items()}
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                t = timed(step, group["reps"], max_timed_s=group["max_timed_s"])
-                t["peak"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+                t = [timed(steps[0], group["reps"], max_timed_s=group["max_timed_s"])]
+                t[0]["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
             else:
-                t = timed(step, group["reps"], warmup=lambda: step(short), max_timed_s=group["max_timed_s"])
-            ref_after = timed(lambda: step(ref), group["reps"]) if ref is not None else None
+                t = measure.timed_alternating(steps, group["reps"], [lambda st=st: st(short) for st in steps],
+                                              group["max_timed_s"])
+            after = {i: timed(f, group["reps"]) for i, f in refs.items()}
         except torch.cuda.OutOfMemoryError:
-            net.zero_grad(set_to_none=True)
+            for net, _ in nets.values():
+                net.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            results.append({**res, "skipped": "CUDA out of memory"})
+            results += [{**r, "skipped": "CUDA out of memory"} for r in res]
             continue
         # The rate every ratio uses: on CPU per CPU second (one thread: what the case costs on its
         # own, however many other processes share the cores), on CUDA per wall second.
         key = "sec" if cuda else "cpu_sec"
-        res = {**res, "sec": t["sec"], "cpu_sec": t["cpu_sec"], "tok_s": T / t[key], "tok_s_wall": T / t["sec"],
-               "calls": t["calls"]}
-        if cuda:
-            res["peak_mib"], res["rss_mib"] = t["peak"], float("nan")
-        else:
-            res["rss_mib"] = t["peak"]
-        if ref is not None:
-            res["ref_tok_s"] = 2 * case["ref_T"] / (ref_before[key] + ref_after[key])
-        results.append(res)
+        for i, (r, ti) in enumerate(zip(res, t)):
+            r.update(sec=ti["sec"], cpu_sec=ti["cpu_sec"], tok_s=T / ti[key], tok_s_wall=T / ti["sec"],
+                     calls=ti["calls"], peak_mib=ti.get("peak_mib", float("nan")))
+            if i in refs:
+                r["ref_tok_s"] = 2 * ref_T / (before[i][key] + after[i][key])
+        results += res
     return results
 
 
@@ -181,59 +192,59 @@ def predicted_over_budget(done: list[dict], case: dict, time_budget_s: float, me
 
 # ------------------------------------------------------------------ the run
 
-def variants(fused: bool) -> list[tuple[str, str, str]]:
-    """In run order: each RWKV pass next to the transformer's, so their ratio sees the same load."""
-    impls = ("chunked", "fused") if fused else ("chunked",)
-    return ([("rwkv", i, "fwd") for i in impls] + [("bert", "sdpa", "fwd")]
-            + [("rwkv", i, "fwd+bwd") for i in impls] + [("bert", "sdpa", "fwd+bwd")]
-            + [("rwkv", i, "fwd+bwd gc") for i in impls])
+def passes(fused: bool) -> list[tuple[str, list[dict]]]:
+    """(pass, entries) in run order; the entries of a pass are timed together."""
+    rwkv = [{"model": "rwkv", "impl": i} for i in (("chunked", "fused") if fused else ("chunked",))]
+    bert = [{"model": "bert", "impl": "sdpa"}]
+    return [("fwd", rwkv + bert), ("fwd+bwd", rwkv + bert), ("fwd+bwd gc", rwkv)]
 
 
 def measure_all(args: argparse.Namespace, shape: tuple[int, int, int], fused: bool) -> list[dict]:
     lengths = sorted(args.lengths)
     base = {"shape": shape, "max_t": max(lengths), "device": args.device, "dtype": args.dtype, "reps": args.reps,
-            "max_timed_s": args.max_timed_s, "time_budget_s": args.time_budget_s}
+            "max_timed_s": args.max_timed_s, "memory": False}
     results: list[dict] = []
     if args.device == "cuda":
-        # One process per model: CUDA memory is measured per case by the allocator's own peak.
+        # One process per model, every case of it in turn: the allocator's own peak is per case,
+        # a case that runs out of memory is reported and the next one runs.
         for model in ("rwkv", "bert"):
-            cases = [{"impl": i, "pass": p, "T": T} for T in lengths for m, i, p in variants(fused) if m == model]
-            got = run_budgeted(0, run_group, ({**base, "model": model, "cases": cases},),
-                               time_budget_s=args.time_budget_s * len(cases), mmap_all=False)
-            if "skipped" in got:
-                got = [{**c, "model": model, "skipped": got["skipped"]} for c in cases]
+            cases = [{"pass": p, "T": T, "entries": [e]} for T in lengths for p, es in passes(fused)
+                     for e in es if e["model"] == model]
+            got = run_budgeted(0, run_group, ({**base, "cases": cases},), mmap_all=False,
+                               time_budget_s=args.time_budget_s * len(cases))
+            if isinstance(got, dict):  # the whole process passed its budget
+                got = [{**c["entries"][0], "pass": c["pass"], "T": c["T"], **got} for c in cases]
             for r in got:
                 _print_progress(r)
             results += got
         return results
-    for T in lengths:  # T outer: the ratios at one length are measured close together in time
-        for model, impl, pass_ in variants(fused):
-            case = {"model": model, "impl": impl, "pass": pass_, "T": T}
-            if model == "rwkv" and T > lengths[0]:
-                case["ref_T"] = lengths[0]
-            reason = predicted_over_budget(results, case, args.time_budget_s, args.mem_budget_mib)
-            if reason is None:
-                r = _cpu_case(args, base, case)
-            else:
-                r = {**case, "skipped": reason}
-            _print_progress(r)
-            results.append(r)
-    return results
-
-
-def _cpu_case(args: argparse.Namespace, base: dict, case: dict) -> dict:
-    """One CPU case in two fresh processes: timed with glibc's defaults, then its memory measured
-    exactly (glibc keeps freed blocks mapped, so the first process's RSS overstates what was live)."""
-    group = {**base, "model": case["model"], "cases": [case]}
     budgets = {"time_budget_s": args.time_budget_s, "mem_budget_mib": args.mem_budget_mib}
-    got = run_budgeted(args.threads, run_group, ({**group, "memory": False},), mmap_all=False, **budgets)
-    r = got[0] if isinstance(got, list) else {**case, **got}
-    if "skipped" in r:
-        return r
-    mem = run_budgeted(args.threads, run_group, ({**group, "memory": True},), mmap_all=True, **budgets)
-    if isinstance(mem, list) and "peak_mib" in mem[0]:
-        return {**r, "peak_mib": mem[0]["peak_mib"]}
-    return {**r, "peak_mib": float("nan"), "note": f"memory not measured: {(mem if isinstance(mem, dict) else mem[0])['skipped']}"}
+    for T in lengths:  # T outer: what a ratio compares was measured close together in time
+        for pass_, entries in passes(fused):
+            keep, case_results = [], []
+            for e in entries:
+                r = {**e, "pass": pass_, "T": T}
+                reason = predicted_over_budget(results, r, args.time_budget_s, args.mem_budget_mib)
+                (case_results.append({**r, "skipped": reason}) if reason else keep.append(e))
+            if keep:
+                case = {"pass": pass_, "T": T, "entries": keep, **({"ref_T": lengths[0]} if T > lengths[0] else {})}
+                got = run_budgeted(args.threads, run_group, ({**base, "cases": [case]},), mmap_all=False,
+                                   time_budget_s=args.time_budget_s * len(keep), mem_budget_mib=args.mem_budget_mib)
+                timed_results = got if isinstance(got, list) else [{**e, "pass": pass_, "T": T, **got} for e in keep]
+                for r in timed_results:
+                    if "skipped" not in r:
+                        mem = run_budgeted(args.threads, run_group, ({**base, "memory": True, "cases": [
+                            {"pass": pass_, "T": T, "entries": [{"model": r["model"], "impl": r["impl"]}]}]},),
+                            mmap_all=True, **budgets)
+                        if isinstance(mem, list):
+                            r["peak_mib"] = mem[0]["peak_mib"]
+                        else:
+                            r["note"] = f"memory not measured: {mem['skipped']}"
+                    case_results.append(r)
+            for r in sorted(case_results, key=lambda r: entries.index({"model": r["model"], "impl": r["impl"]})):
+                _print_progress(r)
+                results.append(r)
+    return results
 
 
 def _label(r: dict) -> str:
@@ -268,16 +279,16 @@ def _fmt(x: float | None, spec: str = ".2f", suffix: str = "x") -> str:
 
 def case_table(results: list[dict]) -> str:
     lines = ["| model | WKV / attention | pass | T | tokens/s | tokens/s (wall) | s per call (wall) | CPU s per call | "
-             "calls timed | peak MiB | RSS MiB (glibc defaults) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "calls timed | peak MiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: (r["model"] != "rwkv", r["impl"], PASSES.index(r["pass"]), r["T"])):
         name = "RWKV-5" if r["model"] == "rwkv" else "BERT"
         if "skipped" in r:
-            lines.append(f"| {name} | {r['impl']} | {r['pass']} | {r['T']} | skipped: {r['skipped']} | | | | | | |")
+            lines.append(f"| {name} | {r['impl']} | {r['pass']} | {r['T']} | skipped: {r['skipped']} | | | | | |")
         else:
             mib = lambda x: "-" if math.isnan(x) else f"{x:.0f}"  # noqa: E731
             lines.append(f"| {name} | {r['impl']} | {r['pass']} | {r['T']} | {r['tok_s']:.0f} | {r['tok_s_wall']:.0f} | "
-                         f"{r['sec']:.2f} | {r['cpu_sec']:.2f} | {r['calls']} | {mib(r['peak_mib'])} | "
-                         f"{mib(r['rss_mib'])} |" + (f" {r['note']}" if "note" in r else ""))
+                         f"{r['sec']:.2f} | {r['cpu_sec']:.2f} | {r['calls']} | {mib(r.get('peak_mib', math.nan))} |"
+                         + (f" {r['note']}" if "note" in r else ""))
     return "\n".join(lines)
 
 
@@ -417,11 +428,15 @@ def report(args: argparse.Namespace, results: list[dict], fused: bool, load_befo
   BERT = HF `transformers` {transformers.__version__} BertModel, SDPA attention, no dropout; embeddings
   frozen in both, everything else trainable, loss mean(hidden^2); "gc" = gradient checkpointing per block
 - device: {where}; torch {torch.__version__}
+- timing: {"one process per model, its cases in turn" if args.device == "cuda" else
+           "one fresh process per (T, pass) with glibc's default allocator (as users run), the RWKV-5 and "
+           "transformer calls interleaved so their ratio compares calls that saw the same machine load; every RWKV "
+           f"case also times T = {min(args.lengths)} just before and after in the same process (the paired reference of "
+           f"'vs T={min(args.lengths)}'); warm-up at T <= {WARMUP_T}"}
 - peak = {"torch.cuda.max_memory_allocated minus the allocation before the case" if args.device == "cuda" else
-          "the memory one call needs: peak RSS minus RSS before it, in a fresh process with every block >= 64 KiB "
-          "mmap'd (freed memory leaves RSS at once), after a warm-up at T <= " + str(WARMUP_T) + "; the timed calls "
-          "run in another fresh process with glibc's defaults, as users run (its peak RSS, which counts the freed "
-          "blocks glibc keeps, is the RSS column)"}
+          "the memory one call needs: peak RSS minus RSS before it, in another fresh process with every block "
+          ">= 64 KiB mmap'd so that freed memory leaves RSS at once (with glibc's defaults freed blocks stay "
+          "mapped, and RSS can be several times what was live)"}
 - tokens/s = T / {"wall" if args.device == "cuda" else "CPU"} seconds per call{"" if args.device == "cuda" else
   " (one thread, so CPU time is what a case costs on its own on the shared cores; the wall-clock rate is shown too)"};
   every ratio below uses it; median of up to {args.reps} calls after a warm-up, fewer once {args.max_timed_s:.0f} s were timed;

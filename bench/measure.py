@@ -96,6 +96,25 @@ def _die_with_parent() -> None:
         pass
 
 
+def timed_alternating(steps: list[Callable[[], Any]], reps: int, warmups: list[Callable[[], Any]],
+                      max_timed_s: float = float("inf")) -> list[dict]:
+    """Like `timed` for several steps at once, their calls interleaved (a, b, a, b, ...): a ratio of
+    two of them then compares calls that saw the machine alike. Up to `reps` calls each, fewer once
+    `max_timed_s` per step were timed (at least one each). No memory: see `timed`."""
+    for warm in warmups:
+        warm()
+    walls: list[list[float]] = [[] for _ in steps]
+    cpus: list[list[float]] = [[] for _ in steps]
+    while len(walls[0]) < reps and sum(map(sum, walls)) < max_timed_s * len(steps):
+        for i, step in enumerate(steps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            step()
+            walls[i].append(time.perf_counter() - t0)
+            cpus[i].append(time.process_time() - c0)
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return [{"sec": median(w), "cpu_sec": median(c), "calls": len(w)} for w, c in zip(walls, cpus)]
+
+
 def _child(conn, threads: int, mmap_all: bool, fn: Callable[..., dict], args: tuple) -> None:
     _die_with_parent()
     init_child(threads, mmap_all)

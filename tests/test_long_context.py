@@ -220,7 +220,7 @@ def test_bench_long_context_small_configuration_writes_table_and_plot(tmp_path):
     cases = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 11 and cells[3].isdigit():
+        if len(cells) == 10 and cells[3].isdigit():
             cases[(cells[0], cells[2], int(cells[3]))] = float(cells[4])
     expect = {(m, p, T) for T in (256, 1024) for m, p in [("RWKV-5", "fwd"), ("RWKV-5", "fwd+bwd"),
                                                          ("RWKV-5", "fwd+bwd gc"), ("BERT", "fwd"), ("BERT", "fwd+bwd")]}
