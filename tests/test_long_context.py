@@ -104,7 +104,8 @@ def test_cpu_segments_equal_one_pass_outputs_state_and_gradients(tmp_path):
         run(100)
 
 
-# bf16 autocast: relative tolerance on the loss of a tiny random model. Measured ~0.1-0.5 %; bf16
+# bf16 autocast: relative tolerance on the loss of a tiny random model. Measured 0.6 % (gradients:
+# cosine >= 0.998 to fp32 for every LoRA and head tensor); bf16
 # keeps 8 mantissa bits (0.4 % per rounding), and the WKV state stays fp32 (ops._float32_math).
 BF16_LOSS_RTOL = 0.03
 
