@@ -27,10 +27,10 @@ from long_ctx.common.cli import flag
 from long_ctx.common.line_reader import InputFileError, LineReader, check_input_file, is_zstd_path
 from long_ctx.common.ordered_pool import ordered_imap
 from long_ctx.common.progress import progress_bar
-from long_ctx.stage0.bm25 import TOKENIZERS, get_tokenizer, index_documents, scores_from_index
-from long_ctx.stage0.bm25.codepoints import JoinedDocs
-from long_ctx.stage0.modes import MODE_NAMES, RecordView, get_mode
-from long_ctx.stage0.negatives import STRATEGIES, identical_to_positive, negative_candidates
+from long_ctx.stage0.bm25 import TOKENIZERS
+from long_ctx.stage0.modes import MODE_NAMES, get_mode, view_of
+from long_ctx.stage0.modes.window import GOLD_POSITIONS
+from long_ctx.stage0.negatives import STRATEGIES
 from long_ctx.stage0.nq_format import SkipRecord, parse_line
 
 # A task sent to a worker is up to BATCH_LINES lines or BATCH_BYTES of input: big enough to
@@ -61,7 +61,10 @@ class Stage0Config:
     seed: int = flag(0, "seed for everything random (--negative_strategy random, ...)")
     bm25_tokenizer: str = flag("words", "words: lowercased Unicode \\w+ matches; whitespace: str.split()", choices=tuple(TOKENIZERS))
     filter_answer_docs: bool = flag(True, "never use a document containing the answer (case-insensitive) as a negative")
-    mode: str = flag("passage", "what each record becomes (see docs/stage0.md): passage = the gold passage + negative passages", choices=MODE_NAMES)
+    mode: str = flag("passage", "what each record becomes (see docs/stage0.md): passage = the gold passage + negative passages; window = multi-document windows of --context_tokens tokens", choices=MODE_NAMES)
+    context_tokens: int = flag(4096, "--mode window: RWKV World tokens of the positive window at most (it has at least (1 - tolerance) x this)")
+    context_tolerance: float = flag(0.05, "--mode window: the positive has (1 - t) x context_tokens .. context_tokens tokens; each negative is within +-t of its positive")
+    gold_position: str = flag("uniform", "--mode window: uniform = the gold's offset in its window spread uniformly over [0, 1) (seeded); natural = as in the pool's own order", choices=GOLD_POSITIONS)
     limit: int | None = flag(None, "read at most this many input lines")
     progress: bool = flag(True, "hide the progress bar", cli_name="no_progress", action="store_false")
 
@@ -81,6 +84,12 @@ class Stage0Config:
             raise ValueError("--num_splits must be >= 1 (or 0 for one per CPU)")
         if self.limit is not None and self.limit < 0:
             raise ValueError("--limit must be >= 0")
+        if self.context_tokens < 1:
+            raise ValueError(f"--context_tokens must be >= 1, got {self.context_tokens}")
+        if not 0 <= self.context_tolerance < 1:
+            raise ValueError(f"--context_tolerance must be in [0, 1), got {self.context_tolerance}")
+        if self.gold_position not in GOLD_POSITIONS:
+            raise ValueError(f"--gold_position must be one of {', '.join(GOLD_POSITIONS)}, got {self.gold_position!r}")
 
     def check_paths(self) -> None:
         """Before any work: the input can be read, both outputs can be written and hit no input."""
@@ -100,16 +109,9 @@ def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
     n_identical = 0
     try:
         rec = parse_line(line)
-        gold = rec.gold_id - 1
-        joined = JoinedDocs(rec.documents)  # shared by BM25 and the answer filter
-        index = index_documents(rec.documents, cfg.bm25_tokenizer, joined)
-        scores = scores_from_index(index, get_tokenizer(cfg.bm25_tokenizer)(rec.question))
-        identical = identical_to_positive(rec.documents, gold, index.doc_len)
-        n_identical = int(identical.sum())
-        candidates = negative_candidates(
-            rec.documents, gold, rec.answer, cfg.filter_answer_docs, joined, identical
-        )
-        out, info = get_mode(cfg.mode).build(RecordView(line_number, rec, gold, scores, candidates), cfg)
+        view = view_of(line_number, rec, cfg.bm25_tokenizer, cfg.filter_answer_docs)
+        n_identical = int(view.identical.sum())
+        out, info = get_mode(cfg.mode).build(view, cfg)
     except SkipRecord as skip:
         # A record that parsed but gives no output still counts its documents (and duplicates).
         n_docs = len(rec.documents) if rec is not None else 0
@@ -212,7 +214,10 @@ def main(cfg: Stage0Config) -> dict:
     skipped: collections.Counter = collections.Counter()
     docs_per_record: collections.Counter = collections.Counter()
     lines_read = written = short = identical = 0
-    mode_stats = get_mode(cfg.mode).new_stats()
+    mode = get_mode(cfg.mode)
+    mode_stats = mode.new_stats()
+    if hasattr(mode, "prepare"):
+        mode.prepare()  # before the workers are forked: they share what it loads
     start = time.perf_counter()
     bar = progress_bar(
         total=reader.input_size, unit="B", unit_scale=True, unit_divisor=1024,

@@ -189,6 +189,7 @@ class PassageFormat:
 #: stage-0 `mode` -> the module defining its `FORMAT` (a line without `mode` is a passage line).
 FORMAT_MODULES = {
     "passage": "long_ctx.stage1.records",
+    "window": "long_ctx.stage1.window_format",
 }
 FORMAT = PassageFormat()
 
