@@ -37,6 +37,8 @@ from long_ctx.stage0.bm25 import bm25_scores
 from long_ctx.stage0.nq_format import NQRecord, SkipRecord, parse_line
 
 SYSTEMS = ("cross_encoder", "bm25")
+#: --mode values: what one ranked item is (passage: a document of the pool; window: see windows.py).
+EVAL_MODES = ("passage", "window")
 #: Skip reasons the evaluator adds to the parser's (`long_ctx.stage0.nq_format.SKIP_REASONS`).
 EVAL_SKIP_REASONS = {
     "gold_beyond_max_docs": "the gold document is not among the first --max_docs documents",
@@ -55,6 +57,13 @@ class EvalConfig(ScoringFlags):
     per_question: str | None = flag(None, "optional jsonl with every question's gold ranks and cross-encoder scores")
     bm25_tokenizer: str = flag("words", "BM25 tokens, as in stage 0", choices=("words", "whitespace"))
     progress: bool = flag(True, "hide the progress bar", cli_name="no_progress", action="store_false")
+    mode: str = flag("passage", "passage: rank each pool's documents; window: rank multi-document windows built as stage 0 --mode window builds them (docs/evaluation.md)", choices=EVAL_MODES)
+    context_tokens: int = flag(4096, "--mode window: tokens of the gold window at most (stage 0's --context_tokens)")
+    context_tolerance: float = flag(0.05, "--mode window: as stage 0's --context_tolerance")
+    num_windows: int = flag(8, "--mode window: windows ranked per question: the gold window and up to M - 1 negative windows")
+    gold_position: str = flag("uniform", "--mode window: as stage 0's --gold_position", choices=("uniform", "natural"))
+    negative_strategy: str = flag("random", "--mode window: how the negative windows are chosen (stage 0's strategies; random favours neither system)", choices=("least", "hardest", "random"))
+    seed: int = flag(0, "--mode window: seed of the windows (as stage 0's --seed) and of their order")
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -63,6 +72,12 @@ class EvalConfig(ScoringFlags):
             raise ValueError(f"--max_docs must be >= 1, got {self.max_docs}")
         if self.question_batch < 1:
             raise ValueError(f"--question_batch must be >= 1, got {self.question_batch}")
+        if self.mode not in EVAL_MODES:
+            raise ValueError(f"--mode must be one of {', '.join(EVAL_MODES)}, got {self.mode!r}")
+        if self.mode == "window":
+            from cross_encoder.evaluation.windows import check_window_flags
+
+            check_window_flags(self)
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         if Path(self.input_file).is_dir():
@@ -127,6 +142,10 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
 
     `reranker` (a `cross_encoder.serving.reranker.Reranker`) skips loading one from model_file/adapter.
     """
+    if config.mode == "window":
+        from cross_encoder.evaluation.windows import evaluate_windows
+
+        return evaluate_windows(config, reranker, iter_pools)
     from cross_encoder.evaluation.report import format_table, plot_results
     from cross_encoder.serving.reranker import QueryCutWarning
 
