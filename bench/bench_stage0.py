@@ -15,9 +15,14 @@ bench/out/, then measures:
 3. With `--big_line MB`: the peak memory one huge input line costs (a record of that many MB in
    a few shapes: ASCII text carried twice as in the real file, ASCII in two giant passages, CJK
    text), as peak RSS above the process's size before the line, against the line's own size.
+4. With `--window T`: `--mode window --context_tokens T` next to passage mode on the same input,
+   in the same run (full runs in subprocesses, 1 worker and all cores), and the per-record CPU of
+   both interleaved, with the share of the window work spent counting tokens (encoding every
+   document, then the chosen windows once more).
 
     python bench/bench_stage0.py [--records 1500] [--workers N]
     python bench/bench_stage0.py --big_line 50
+    python bench/bench_stage0.py --window 4096
 """
 import argparse
 import io
@@ -90,7 +95,8 @@ def child(args) -> None:
     if args.child == "reference":
         run_reference(Path(args.input), Path(args.output))
     else:
-        main(Stage0Config(args.input, args.output, num_splits=args.workers, progress=False))
+        window = dict(mode="window", context_tokens=args.window, num_negatives=3) if args.child == "window" else {}
+        main(Stage0Config(args.input, args.output, num_splits=args.workers, progress=False, **window))
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"elapsed": elapsed, "cpu": cpu, "peak_rss_mb": max(me.ru_maxrss, kids.ru_maxrss) / 1024}))
@@ -186,6 +192,85 @@ def run_big_line(mb: float) -> None:
         path.unlink()
 
 
+def window_interleaved(inp: Path, n_records: int, context_tokens: int, rounds: int = 3,
+                       chunk: int = 10) -> dict[str, float]:
+    """CPU ms per record: passage mode, window mode, and the window mode's token counting (its
+    first call per record encodes the documents, the second the chosen windows)."""
+    import long_ctx.stage0.modes.window as window
+    from long_ctx.common.line_reader import iter_lines
+    from long_ctx.stage0.driver import Stage0Config, process_line
+
+    spent = {"documents": 0.0, "windows": 0.0}
+    calls = [0]
+    count_tokens = window.count_tokens
+
+    def timed(texts):
+        t = time.process_time()
+        try:
+            return count_tokens(texts)
+        finally:
+            spent["documents" if calls[0] == 0 else "windows"] += time.process_time() - t
+            calls[0] += 1
+
+    window.count_tokens = timed
+    lines = [line for _, (_, line) in zip(range(n_records), iter_lines(inp))]
+    passage = Stage0Config(str(inp), "unused", progress=False, num_negatives=3)
+    win = Stage0Config(str(inp), "unused", progress=False, num_negatives=3, mode="window",
+                       context_tokens=context_tokens)
+    window.MODE.prepare()
+    chunks = [list(enumerate(lines))[i:i + chunk] for i in range(0, len(lines), chunk)]
+    keys = ("passage", "window", "documents", "windows")
+    best = {k: [float("inf")] * len(chunks) for k in keys}
+    for _ in range(rounds):
+        for k, part in enumerate(chunks):
+            for name, cfg in (("passage", passage), ("window", win)):
+                spent.update(documents=0.0, windows=0.0)
+                t = time.process_time()
+                for n, line in part:
+                    calls[0] = 0
+                    process_line(n, line, cfg)
+                elapsed = time.process_time() - t
+                if elapsed < best[name][k]:
+                    best[name][k] = elapsed
+                    if name == "window":
+                        best["documents"][k], best["windows"][k] = spent["documents"], spent["windows"]
+    window.count_tokens = count_tokens
+    return {k: sum(best[k]) / len(lines) * 1e3 for k in keys}
+
+
+def run_window(args, inp: Path, raw_mb: float) -> None:
+    variants = [("passage mode, 1 worker", "stage0", 1), ("window mode, 1 worker", "window", 1),
+                (f"passage mode, {args.workers} workers", "stage0", args.workers),
+                (f"window mode, {args.workers} workers", "window", args.workers)]
+    rows = []
+    for label, kind, workers in variants:
+        out = OUT / f"{kind}_{workers}.jsonl"
+        cmd = [sys.executable, __file__, "--child", kind, "--workers", str(workers), "--window", str(args.window),
+               "--input", str(inp), "--output", str(out)]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        stats = json.loads(Path(f"{out}.stats.json").read_text())
+        rows.append((label, json.loads(res.stdout.strip().splitlines()[-1]), stats))
+    ms = window_interleaved(inp, args.interleaved_records, args.window)
+    p_ms, w_ms, c_ms = ms["passage"], ms["window"], ms["documents"] + ms["windows"]
+    print(f"Input: {args.records} records, 10-200 documents each, {raw_mb:.0f} MB of JSON; {os.cpu_count()} CPUs; "
+          f"window mode --context_tokens {args.window} --num_negatives 3 (passage: --num_negatives 3)\n")
+    print("| variant | records/s (lines read) | MB/s (JSON) | records written | CPU s | peak RSS (MB) | "
+          "wall vs passage (same workers) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for i, (label, res, stats) in enumerate(rows):
+        t = res["elapsed"]
+        ref = rows[i - 1 if i % 2 else i][1]["elapsed"]
+        print(f"| {label} | {args.records / t:,.0f} | {raw_mb / t:,.1f} | {stats['records_written']:,} | "
+              f"{res['cpu']:,.1f} | {res['peak_rss_mb']:,.0f} | {t / ref:.2f}x |")
+    w = rows[1][2]
+    print(f"\nPer-record CPU, interleaved, best of 3 ({args.interleaved_records} records): passage {p_ms:.2f} ms, "
+          f"window {w_ms:.2f} ms ({w_ms / p_ms:.2f}x), of which counting tokens {c_ms:.2f} ms "
+          f"({100 * c_ms / w_ms:.0f} % of the window work: documents {ms['documents']:.2f} ms, "
+          f"confirming the chosen windows {ms['windows']:.2f} ms)")
+    print(f"\nWindow mode skipped {w['records_skipped']} records: {w['skipped_by_reason']}; positive - negative tokens "
+          f"{w['positive_minus_negative_tokens']}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=1500, help="records in the generated input (default 1500)")
@@ -194,7 +279,9 @@ def main() -> None:
     p.add_argument("--interleaved_records", type=int, default=300, help="records for the interleaved per-record measurement (default 300)")
     p.add_argument("--big_line", type=float, default=None, metavar="MB",
                    help="instead: measure the peak memory of one line of about MB megabytes, in several shapes")
-    p.add_argument("--child", choices=["reference", "stage0", "big_line"], help=argparse.SUPPRESS)
+    p.add_argument("--window", type=int, default=None, metavar="T",
+                   help="instead: window mode with --context_tokens T next to passage mode, same input and run")
+    p.add_argument("--child", choices=["reference", "stage0", "window", "big_line"], help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -209,6 +296,8 @@ def main() -> None:
     size_mb = inp.stat().st_size / 1e6
     with open(inp, "rb") as fh:
         raw_mb = sum(len(c) for c in zstandard.ZstdDecompressor().read_to_iter(fh)) / 1e6
+    if args.window:
+        return run_window(args, inp, raw_mb)
     variants = [("reference (json + rank_bm25, 1 process)", "reference", 1),
                 ("stage 0, 1 worker", "stage0", 1),
                 (f"stage 0, {args.workers} workers", "stage0", args.workers)]

@@ -6,7 +6,10 @@
 2. stage 0 -> 1 -> 2 on the training part;
 3. write a tiny *random* RWKV-5 checkpoint (real weights cannot be downloaded here);
 4. train a LoRA cross-encoder on it for a few minutes;
-5. evaluate it against BM25 on the held-out records.
+5. evaluate it against BM25 on the held-out records;
+6. the long-context leg: the same pipeline on multi-document windows (stage 0 `--mode window`,
+   ~1024-token windows with length-matched negatives), a LoRA trained on them, and the window
+   evaluation (find the gold window among a few of the same length).
 
 Every step runs the real command-line script in a subprocess and prints the command first, so
 what the user sees is exactly what they would type for a real run. A random tiny model trained
@@ -54,21 +57,36 @@ class DemoSize:
     lora_r: int
     eval_every: int
     max_docs: int | None  # evaluation pools cut to this many documents
+    # The long-context leg (stage 0 --mode window); its own, smaller random model: rows are ~1024
+    # tokens, so the passage leg's model would take minutes.
+    window_tokens: int
+    window_negatives: int
+    window_steps: int
+    window_bs: int
+    window_n_layer: int
+    window_n_embd: int
+    window_eval_lines: int  # held-out lines read by the window evaluation
+    window_num_windows: int
 
 
 SIZES = {
-    # ~2 minutes on 2 idle CPU cores (measured 124 s), most of it training. Settings chosen by
+    # ~2.5 minutes on 2 idle CPU cores (measured 124 s before the window leg, which took 38 s alone
+    # on loaded cores), most of it training. Settings chosen by
     # measurement (README, "The demo"):
     # 7 'least' negatives per question (groups of 8 rows, two per batch of 16, grouped softmax) beat
     # 3, and 'hardest' negatives made this random model worse (it overfits near-misses it cannot
     # tell apart); 600 steps beat 200 and 1200 (which overfits). BM25 still wins.
     "full": DemoSize(held_out_fraction=0.2, train_lines=None, held_out_lines=None, num_negatives=7,
                      negative_strategy="least", n_layer=2, n_embd=128, head_size=32, max_steps=600, bs=16,
-                     lora_r=16, eval_every=200, max_docs=None),
+                     lora_r=16, eval_every=200, max_docs=None, window_tokens=1024, window_negatives=3,
+                     window_steps=6, window_bs=8, window_n_layer=1, window_n_embd=64, window_eval_lines=20,
+                     window_num_windows=4),
     # CI: every step runs, on a handful of records, in well under a minute.
     "quick": DemoSize(held_out_fraction=0.2, train_lines=16, held_out_lines=4, num_negatives=1,
                       negative_strategy="least", n_layer=1,
-                      n_embd=32, head_size=16, max_steps=3, bs=4, lora_r=4, eval_every=0, max_docs=None),
+                      n_embd=32, head_size=16, max_steps=3, bs=4, lora_r=4, eval_every=0, max_docs=None,
+                      window_tokens=1024, window_negatives=1, window_steps=2, window_bs=4, window_n_layer=1,
+                      window_n_embd=32, window_eval_lines=4, window_num_windows=3),
 }
 
 
@@ -160,6 +178,50 @@ class _Runner:
                             f"Re-run it alone with:\n  cd {REPO} && {shown}")
 
 
+def _metrics(res: dict[str, Any]) -> dict[str, Any]:
+    return {s: {k: v for k, v in res[s].items() if not isinstance(v, dict)} for s in ("cross_encoder", "bm25")}
+
+
+def _window_leg(runner: _Runner, config: DemoConfig, out: Path, data: Path) -> dict[str, Any]:
+    """Stages 0-2, training and evaluation again, on multi-document windows of ~window_tokens."""
+    size, t = config.size, config.size.window_tokens
+    base = out / "window"
+    qpn, stage1, stage2, train = base / "stage0" / "win.jsonl", base / "stage1", base / "stage2", base / "train"
+    model_file = out / "model" / "tiny-rwkv5-random-window.pth"
+    results, plot = base / "eval" / "results.json", base / "eval" / "results.png"
+    runner.run(f"long context: stage 0 --mode window ({t}-token windows of whole documents, negatives of the "
+               "positive's length)", [
+        "long_ctx/0_create_q_p_n.py", "--input_file", _show(data / "train.jsonl"), "--output_file", _show(qpn),
+        "--mode", "window", "--context_tokens", t, "--num_negatives", size.window_negatives, "--num_splits", 2])
+    runner.run("long context: stage 1", [
+        "long_ctx/1_create_datasets.py", "--input_file", _show(qpn), "--output_dir", _show(stage1),
+        "--num_proc", 2, "--overwrite"])
+    max_length = choose_max_length(stage1)
+    runner.run("long context: stage 2", [
+        "long_ctx/2_create_padded_data.py", "--ds_dir", _show(stage1), "--max_length", max_length,
+        "--sep_token_id", SEP, "--cls_token_id", CLS, "--pad_token_id", PAD, "--output_dir", _show(stage2),
+        "--overwrite"])
+    runner.run("long context: a smaller tiny random RWKV-5 (rows are ~1000 tokens long)", [
+        "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
+              f"write_random_checkpoint({_show(model_file)!r}, n_layer={size.window_n_layer}, "
+              f"n_embd={size.window_n_embd}, head_size=16, seed={config.seed})"])
+    clear_training_output(train, stage2)
+    runner.run("long context: LoRA training on window rows", [
+        "cross_encoder/1_peft_training_ce.py", "--model_file", _show(model_file), "--ds_dir", _show(stage2),
+        "--output_dir", _show(train), "--ctx_len", max_length, "--bs", size.window_bs,
+        "--max_steps", size.window_steps, "--lr", "3e-3", "--lora_r", 8, "--lora_alpha", 16, "--lora_dropout", 0.0,
+        "--loss", "grouped", "--group_by_length", "--eval_fraction", 0.0, "--save_every", 0, "--log_every", 1,
+        "--device", "cpu", "--seed", config.seed])
+    runner.run("long context: find the gold window among windows of the same length, cross-encoder vs BM25", [
+        "cross_encoder/2_evaluate_ce.py", "--mode", "window", "--context_tokens", t,
+        "--num_windows", size.window_num_windows, "--model_file", _show(model_file), "--adapter", _show(train / "final"),
+        "--input_file", _show(data / "held_out.jsonl"), "--limit", size.window_eval_lines,
+        "--output_json", _show(results), "--output_plot", _show(plot), "--device", "cpu"])
+    return {"context_tokens": t, "max_length": max_length, "results_json": str(results),
+            "plots": {"stage 1 token lengths": str(stage1 / "token_lengths.png"),
+                      "training loss": str(train / "loss.png"), "window evaluation": str(plot)}}
+
+
 def main(config: DemoConfig) -> dict[str, Any]:
     """Run the demo; returns (and writes to OUT/demo_summary.json) the steps, metrics and plot paths."""
     start = time.perf_counter()
@@ -214,20 +276,27 @@ def main(config: DemoConfig) -> dict[str, Any]:
         eval_args += ["--max_docs", size.max_docs]
     runner.run("evaluation on the held-out records, cross-encoder vs BM25", eval_args)
 
+    window = _window_leg(runner, config, out, data)
+
     from cross_encoder.evaluation.report import format_table
+    from cross_encoder.evaluation.windows import format_window_table
 
     res = orjson.loads(results.read_bytes())
+    wres = orjson.loads(Path(window["results_json"]).read_bytes())
     plots = {"stage 1 token lengths": stage1 / "token_lengths.png", "stage 2 row lengths": stage2 / "row_lengths.png",
-             "training loss": train / "loss.png", "evaluation (cross-encoder vs BM25)": plot}
+             "training loss": train / "loss.png", "evaluation (cross-encoder vs BM25)": plot,
+             **{f"long context: {k}": Path(v) for k, v in window.pop("plots").items()}}
     summary = {
         "mode": mode, "seed": config.seed, "out": str(out), "max_length": max_length,
         "train_lines": n_train, "held_out_lines": n_held, "steps": runner.steps,
-        "metrics": {s: {k: v for k, v in res[s].items() if not isinstance(v, dict)} for s in ("cross_encoder", "bm25")},
-        "results_json": str(results), "plots": {k: str(v) for k, v in plots.items()},
+        "metrics": _metrics(res), "results_json": str(results),
+        "window": {**window, "metrics": _metrics(wres)},
+        "plots": {k: str(v) for k, v in plots.items()},
         "elapsed_s": round(time.perf_counter() - start, 1), "config": dataclasses.asdict(config),
     }
     write_json(out / "demo_summary.json", summary)
     print("\n" + "=" * 72 + "\n" + format_table(res, breakdowns=False))
+    print("\nlong context: " + format_window_table(wres))
     print("\nplots:")
     for name, p in plots.items():
         print(f"  {name:36s} {p}{'' if p.is_file() else '  (missing)'}")

@@ -58,6 +58,16 @@ def test_quick_demo_end_to_end(tmp_path):
             assert (1 <= v <= largest_pool) if name == "mean_gold_rank" else (0 <= v <= 1), (system, name, v)
         assert results[system]["recall@1"] <= results[system]["recall@5"] <= results[system]["recall@10"]
     assert "SMOKE RUN" in proc.stdout and str(out / "eval" / "results.png") in proc.stdout
+    # The long-context leg: window rows through every stage, a window evaluation at the end.
+    assert commands.count("--mode window") == 2
+    window = summary["window"]
+    rows = [orjson.loads(x) for x in (out / "window" / "stage0" / "win.jsonl").read_bytes().splitlines()]
+    assert rows and all(r["mode"] == "window" and r["positive_tokens"] <= window["context_tokens"] for r in rows)
+    assert orjson.loads((out / "window" / "stage2" / "padding.json").read_bytes())["truncated_rows"] == 0
+    wres = orjson.loads((out / "window" / "eval" / "results.json").read_bytes())
+    assert wres["mode"] == "window" and wres["num_questions"] > 0 and wres["windows_cut"] == 0
+    for system in ("cross_encoder", "bm25"):
+        assert 0 < wres[system]["mrr"] <= 1 and window["metrics"][system]["mrr"] == wres[system]["mrr"]
 
 
 def test_missing_sample_is_a_clear_error(tmp_path):
