@@ -178,6 +178,29 @@ class _Runner:
                             f"Re-run it alone with:\n  cd {REPO} && {shown}")
 
 
+def _tokens_and_rows(runner: _Runner, label: str, qpn: Path, stage1: Path, stage2: Path) -> int:
+    """Stages 1 and 2 on a stage-0 output; returns the max_length chosen for stage 2."""
+    runner.run(f"{label}stage 1: RWKV World token ids (parquet dataset)", [
+        "long_ctx/1_create_datasets.py", "--input_file", _show(qpn), "--output_dir", _show(stage1),
+        "--num_proc", 2, "--overwrite"])
+    max_length = choose_max_length(stage1)
+    print(f"\nmax_length {max_length}: the longest question + document of the training data fits, "
+          "so no row is truncated", flush=True)
+    runner.run(f"{label}stage 2: padded rows question [SEP] document [CLS]", [
+        "long_ctx/2_create_padded_data.py", "--ds_dir", _show(stage1), "--max_length", max_length,
+        "--sep_token_id", SEP, "--cls_token_id", CLS, "--pad_token_id", PAD, "--output_dir", _show(stage2),
+        "--overwrite"])
+    return max_length
+
+
+def _random_model(runner: _Runner, title: str, path: Path, n_layer: int, n_embd: int, head_size: int,
+                  seed: int) -> None:
+    runner.run(title, [
+        "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
+              f"write_random_checkpoint({_show(path)!r}, n_layer={n_layer}, n_embd={n_embd}, "
+              f"head_size={head_size}, seed={seed})"])
+
+
 def _metrics(res: dict[str, Any]) -> dict[str, Any]:
     return {s: {k: v for k, v in res[s].items() if not isinstance(v, dict)} for s in ("cross_encoder", "bm25")}
 
@@ -193,18 +216,9 @@ def _window_leg(runner: _Runner, config: DemoConfig, out: Path, data: Path) -> d
                "positive's length)", [
         "long_ctx/0_create_q_p_n.py", "--input_file", _show(data / "train.jsonl"), "--output_file", _show(qpn),
         "--mode", "window", "--context_tokens", t, "--num_negatives", size.window_negatives, "--num_splits", 2])
-    runner.run("long context: stage 1", [
-        "long_ctx/1_create_datasets.py", "--input_file", _show(qpn), "--output_dir", _show(stage1),
-        "--num_proc", 2, "--overwrite"])
-    max_length = choose_max_length(stage1)
-    runner.run("long context: stage 2", [
-        "long_ctx/2_create_padded_data.py", "--ds_dir", _show(stage1), "--max_length", max_length,
-        "--sep_token_id", SEP, "--cls_token_id", CLS, "--pad_token_id", PAD, "--output_dir", _show(stage2),
-        "--overwrite"])
-    runner.run("long context: a smaller tiny random RWKV-5 (rows are ~1000 tokens long)", [
-        "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
-              f"write_random_checkpoint({_show(model_file)!r}, n_layer={size.window_n_layer}, "
-              f"n_embd={size.window_n_embd}, head_size=16, seed={config.seed})"])
+    max_length = _tokens_and_rows(runner, "long context: ", qpn, stage1, stage2)
+    _random_model(runner, "long context: a smaller tiny random RWKV-5 (rows are ~1000 tokens long)", model_file,
+                  size.window_n_layer, size.window_n_embd, 16, config.seed)
     clear_training_output(train, stage2)
     runner.run("long context: LoRA training on window rows", [
         "cross_encoder/1_peft_training_ce.py", "--model_file", _show(model_file), "--ds_dir", _show(stage2),
@@ -247,20 +261,9 @@ def main(config: DemoConfig) -> dict[str, Any]:
         "long_ctx/0_create_q_p_n.py", "--input_file", _show(data / "train.jsonl"), "--output_file", _show(qpn),
         "--num_splits", 2, "--num_negatives", size.num_negatives,
         "--negative_strategy", size.negative_strategy])
-    runner.run("stage 1: RWKV World token ids (parquet dataset)", [
-        "long_ctx/1_create_datasets.py", "--input_file", _show(qpn), "--output_dir", _show(stage1),
-        "--num_proc", 2, "--overwrite"])
-    max_length = choose_max_length(stage1)
-    print(f"\nmax_length {max_length}: the longest question + document of the training data fits, "
-          "so no row is truncated", flush=True)
-    runner.run("stage 2: padded rows question [SEP] document [CLS]", [
-        "long_ctx/2_create_padded_data.py", "--ds_dir", _show(stage1), "--max_length", max_length,
-        "--sep_token_id", SEP, "--cls_token_id", CLS, "--pad_token_id", PAD, "--output_dir", _show(stage2),
-        "--overwrite"])
-    runner.run("a tiny random RWKV-5 checkpoint (stands in for RWKV-5-World-0.4B)", [
-        "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
-              f"write_random_checkpoint({_show(model_file)!r}, n_layer={size.n_layer}, n_embd={size.n_embd}, "
-              f"head_size={size.head_size}, seed={config.seed})"])
+    max_length = _tokens_and_rows(runner, "", qpn, stage1, stage2)
+    _random_model(runner, "a tiny random RWKV-5 checkpoint (stands in for RWKV-5-World-0.4B)", model_file,
+                  size.n_layer, size.n_embd, size.head_size, config.seed)
     clear_training_output(train, stage2)
     runner.run("LoRA training on CPU", [
         "cross_encoder/1_peft_training_ce.py", "--model_file", _show(model_file), "--ds_dir", _show(stage2),

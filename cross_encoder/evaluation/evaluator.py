@@ -142,10 +142,6 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
 
     `reranker` (a `cross_encoder.serving.reranker.Reranker`) skips loading one from model_file/adapter.
     """
-    if config.mode == "window":
-        from cross_encoder.evaluation.windows import evaluate_windows
-
-        return evaluate_windows(config, reranker, iter_pools)
     from cross_encoder.evaluation.report import format_table, plot_results
     from cross_encoder.serving.reranker import QueryCutWarning
 
@@ -156,6 +152,10 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
 
         reranker = Reranker.from_flags(config)
     load_s = time.perf_counter() - start
+    if config.mode == "window":
+        from cross_encoder.evaluation.windows import evaluate_windows
+
+        return evaluate_windows(config, reranker, iter_pools, start, load_s)
     cut_before = getattr(reranker, "queries_cut", 0)
 
     reader = LineReader(config.input_file)

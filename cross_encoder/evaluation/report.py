@@ -48,13 +48,6 @@ def format_table(res: dict[str, Any], breakdowns: bool = True) -> str:
 
 def plot_results(res: dict[str, Any], path: str | os.PathLike) -> None:
     """Grouped bars, cross-encoder vs BM25: overall metrics, MRR@10 by gold third and by pool size."""
-    # The object API with the Agg canvas: headless, and no pyplot import.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(14, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [5, 3, 4]})
     ce = res["cross_encoder"]
     panels = [
         ("overall", list(BAR_METRICS), lambda s, k: res[s][k], list(BAR_METRICS)),
@@ -64,8 +57,22 @@ def plot_results(res: dict[str, Any], path: str | os.PathLike) -> None:
         ("MRR@10 by pool size (documents)", list(ce["by_pool_size"]), lambda s, k: res[s]["by_pool_size"][k]["mrr@10"],
          [f"{k}\nn={v['n']}" for k, v in ce["by_pool_size"].items()]),
     ]
+    plot_panels(panels, path, f"Cross-encoder vs BM25 on {res['num_questions']:,} questions", [5, 3, 4], (14, 4.5))
+
+
+def plot_panels(panels: list[tuple], path: str | os.PathLike, title: str, width_ratios: list[int],
+                figsize: tuple[float, float]) -> None:
+    """One PNG of bar panels, cross-encoder vs BM25 side by side; a panel is (title, keys,
+    get(system, key) -> value in 0..1, tick labels)."""
+    # The object API with the Agg canvas: headless, and no pyplot import.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), gridspec_kw={"width_ratios": width_ratios})
     width = 0.38
-    for ax, (title, keys, get, ticks) in zip(axes, panels):
+    for ax, (panel_title, keys, get, ticks) in zip(axes, panels):
         for j, system in enumerate(LABELS):
             vals = [get(system, k) for k in keys]
             vals = [0.0 if v is None or math.isnan(v) else v for v in vals]
@@ -74,9 +81,9 @@ def plot_results(res: dict[str, Any], path: str | os.PathLike) -> None:
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_xticks(range(len(keys)), ticks, fontsize=8)
         ax.set_ylim(0, 1.08)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Cross-encoder vs BM25 on {res['num_questions']:,} questions", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     with atomic_file(path, "wb") as fh:
         fig.savefig(fh, format="png")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import math
 import os
 import time
 import warnings
@@ -29,7 +28,7 @@ import numpy as np
 import orjson
 
 from cross_encoder.evaluation.ranking_metrics import THIRDS, gold_rank, summarize
-from cross_encoder.evaluation.report import COLORS, LABELS, _fmt
+from cross_encoder.evaluation.report import LABELS, _fmt, plot_panels
 from long_ctx.common.atomic import atomic_file, write_json
 from long_ctx.common.line_reader import LineReader
 from long_ctx.common.ordered_pool import chunked
@@ -104,19 +103,15 @@ def breakdown(ranks: list[int], thirds: list[str]) -> dict[str, Any]:
             "by_needle_position": {t: metrics([r for r, th in zip(ranks, thirds) if th == t]) for t in THIRDS}}
 
 
-def evaluate_windows(config, reranker, iter_pools: Callable[..., Iterator[tuple[int, NQRecord]]]) -> dict[str, Any]:
-    """Evaluate on windows; writes the JSON and PNG, prints the table and returns the results.
-    `iter_pools` is the evaluator's reader of raw records (limit, max_docs, skips by reason)."""
+def evaluate_windows(config, reranker, iter_pools: Callable[..., Iterator[tuple[int, NQRecord]]],
+                     start: float, load_s: float) -> dict[str, Any]:
+    """Evaluate on windows (`evaluator.main` with `--mode window`, after it checked the flags and
+    loaded the reranker at `start`, in `load_s`); writes the JSON and PNG, prints the table and
+    returns the results. `iter_pools` is the evaluator's reader of raw records (limit, max_docs,
+    skips by reason)."""
     from cross_encoder.serving.reranker import QueryCutWarning, max_query_tokens
     from long_ctx.world_tokenizer import get_tokenizer
 
-    config.validate()
-    start = time.perf_counter()
-    if reranker is None:
-        from cross_encoder.serving.reranker import Reranker
-
-        reranker = Reranker.from_flags(config)
-    load_s = time.perf_counter() - start
     cut_before = getattr(reranker, "queries_cut", 0)
     reader = LineReader(config.input_file)
     skipped: collections.Counter = collections.Counter()
@@ -219,12 +214,6 @@ def format_window_table(res: dict[str, Any]) -> str:
 
 def plot_window_results(res: dict[str, Any], path: str | os.PathLike) -> None:
     """Two panels of grouped bars, cross-encoder vs BM25: overall, and MRR by needle position."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 3]})
     ce = res["cross_encoder"]
     panels = [
         ("overall", list(BAR_METRICS), lambda s, k: res[s][k], list(BAR_METRICS)),
@@ -232,21 +221,6 @@ def plot_window_results(res: dict[str, Any], path: str | os.PathLike) -> None:
          lambda s, k: res[s]["by_needle_position"][k]["mrr"],
          [f"{k}\nn={ce['by_needle_position'][k]['n']}" for k in THIRDS]),
     ]
-    width = 0.38
-    for ax, (title, keys, get, ticks) in zip(axes, panels):
-        for j, system in enumerate(SYSTEMS):
-            vals = [get(system, k) for k in keys]
-            vals = [0.0 if v is None or math.isnan(v) else v for v in vals]
-            bars = ax.bar([i + (j - 0.5) * width for i in range(len(keys))], vals, width, label=LABELS[system],
-                          color=COLORS[system])
-            ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.set_xticks(range(len(keys)), ticks, fontsize=8)
-        ax.set_ylim(0, 1.08)
-        ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8)
     w = res["windows_per_question"]
-    fig.suptitle(f"Finding the gold window among {w['min']}-{w['max']} windows of "
-                 f"~{res['config']['context_tokens']} tokens, {res['num_questions']:,} questions", fontsize=11)
-    fig.tight_layout()
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png")
+    plot_panels(panels, path, f"Finding the gold window among {w['min']}-{w['max']} windows of "
+                f"~{res['config']['context_tokens']} tokens, {res['num_questions']:,} questions", [3, 3], (10, 4.5))
