@@ -29,6 +29,7 @@ from long_ctx.common.ordered_pool import ordered_imap
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import TOKENIZERS
 from long_ctx.stage0.modes import MODE_NAMES, get_mode, view_of
+from long_ctx.stage0.modes.pool import DOC_ORDERS
 from long_ctx.stage0.modes.window import GOLD_POSITIONS
 from long_ctx.stage0.negatives import STRATEGIES
 from long_ctx.stage0.nq_format import SkipRecord, parse_line
@@ -61,10 +62,12 @@ class Stage0Config:
     seed: int = flag(0, "seed for everything random (--negative_strategy random, ...)")
     bm25_tokenizer: str = flag("words", "words: lowercased Unicode \\w+ matches; whitespace: str.split()", choices=tuple(TOKENIZERS))
     filter_answer_docs: bool = flag(True, "never use a document containing the answer (case-insensitive) as a negative")
-    mode: str = flag("passage", "what each record becomes (see docs/stage0.md): passage = the gold passage + negative passages; window = multi-document windows of --context_tokens tokens", choices=MODE_NAMES)
+    mode: str = flag("passage", "what each record becomes (see docs/stage0.md): passage = the gold passage + negative passages; window = multi-document windows of --context_tokens tokens; pool = one row of the gold + K-1 negative documents", choices=MODE_NAMES)
     context_tokens: int = flag(4096, "--mode window: RWKV World tokens of the positive window at most (it has at least (1 - tolerance) x this)")
     context_tolerance: float = flag(0.05, "--mode window: the positive has (1 - t) x context_tokens .. context_tokens tokens; each negative is within +-t of its positive")
     gold_position: str = flag("uniform", "--mode window: uniform = the gold's offset in its window spread uniformly over [0, 1) (seeded); natural = as in the pool's own order", choices=GOLD_POSITIONS)
+    pool_docs: int = flag(0, "--mode pool: documents per row, the gold + K-1 negatives chosen by --negative_strategy (0 = every usable document of the pool)")
+    doc_order: str = flag("shuffled", "--mode pool: order of a row's documents: shuffled (seeded by seed and line number), original (the pool's), bm25 (descending score)", choices=DOC_ORDERS)
     limit: int | None = flag(None, "read at most this many input lines")
     progress: bool = flag(True, "hide the progress bar", cli_name="no_progress", action="store_false")
 
@@ -80,6 +83,11 @@ class Stage0Config:
             raise ValueError("--num_negatives must be at least 1")
         if self.seed < 0:
             raise ValueError("--seed must be a non-negative integer")
+        if self.pool_docs < 0 or self.pool_docs == 1:
+            raise ValueError(f"--pool_docs must be 0 (every usable document) or >= 2 (the gold and at least one "
+                             f"negative), got {self.pool_docs}")
+        if self.doc_order not in DOC_ORDERS:
+            raise ValueError(f"--doc_order must be one of {', '.join(DOC_ORDERS)}")
         if self.num_splits < 0:
             raise ValueError("--num_splits must be >= 1 (or 0 for one per CPU)")
         if self.limit is not None and self.limit < 0:

@@ -190,6 +190,7 @@ class PassageFormat:
 FORMAT_MODULES = {
     "passage": "long_ctx.stage1.records",
     "window": "long_ctx.stage1.window_format",
+    "pool": "long_ctx.stage1.pool_format",
 }
 FORMAT = PassageFormat()
 

@@ -19,6 +19,7 @@ from long_ctx.common.dataset_card import SHARD_GLOB, length_table, markdown_tabl
 from long_ctx.common.lengths import LengthCounter, plot_length_histograms
 from long_ctx.common.parquet_shards import ShardWriter
 from long_ctx.common.progress import progress_bar
+from long_ctx.stage2.pool_output import print_pool_summary, write_pool_dataset
 from long_ctx.stage2.rows import MAX_TOKEN_ID, OUTPUT_SCHEMA, pack_rows
 from long_ctx.stage2.source import Stage1Dataset, iter_stage1_batches, open_stage1
 
@@ -109,6 +110,13 @@ def main(config: Stage2Config) -> dict:
     rows_per_shard = config.rows_per_shard or max(1, 2**28 // row_bytes)
     row_group_rows = max(1, min(rows_per_shard, 2**24 // row_bytes))
     max_rows_per_pack = max(1, 2**25 // row_bytes)  # bounds the padded matrix built at once (~32 MB)
+    if source.mode == "pool":  # one row per question holding its documents (docs/stage2.md)
+        with atomic_dir(out_dir) as tmp:
+            summary = write_pool_dataset(config, source, tmp, out_dir.name,
+                                         (rows_per_shard, row_group_rows, max_rows_per_pack),
+                                         (PADDING_FILE, PLOT_FILE, CARD_FILE))
+        print_pool_summary(summary, out_dir)
+        return summary
 
     real, needed = LengthCounter(), LengthCounter()
     counts = collections.Counter()

@@ -33,7 +33,8 @@ class Stage1Dataset:
     ds_dir: Path
     shards: list[Path]  # in order
     num_records: int
-    neg_col: str  # "negatives", or "negative" in older stage-1 data (one negative per record)
+    neg_col: str  # "negatives", or "negative" in older stage-1 data (one negative per record); "" for pool data
+    mode: str = "passage"  # the stage-0 mode stage 1 read (its stats.json `mode`); "pool" makes pool rows
 
 
 def _fail(ds: Path, what: str) -> InputFileError:
@@ -80,13 +81,35 @@ def _is_int_list(t: pa.DataType) -> bool:
     return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
 
 
-def _open_shard(shard: Path) -> tuple[pq.ParquetFile, str]:
+#: The columns stage 2 reads from pool data, and what each must be.
+POOL_COLUMNS = {"question": "a list of token ids", "documents": "a list of token-id lists",
+                "label_index": "an integer", "doc_ids": "a list of integers"}
+
+
+def _open_pool_shard(shard: Path, pf: pq.ParquetFile) -> tuple[pq.ParquetFile, str]:
+    schema = pf.schema_arrow
+    missing = sorted(set(POOL_COLUMNS) - set(schema.names))
+    if missing:
+        raise ValueError(f"{shard} is not a stage-1 shard of pool data (missing {missing}); point --ds_dir at the "
+                         "output of long_ctx/1_create_datasets.py on a stage-0 --mode pool file")
+    t = {c: schema.field(c).type for c in POOL_COLUMNS}
+    ok = (_is_int_list(t["question"]) and pa.types.is_list(t["documents"]) and _is_int_list(t["documents"].value_type)
+          and pa.types.is_integer(t["label_index"]) and _is_int_list(t["doc_ids"]))
+    if not ok:
+        types = ", ".join(f"{c}: {typ} (expected {POOL_COLUMNS[c]})" for c, typ in t.items())
+        raise ValueError(f"{shard} has the pool column names but not their types ({types}); {RERUN}")
+    return pf, ""
+
+
+def _open_shard(shard: Path, mode: str = "passage") -> tuple[pq.ParquetFile, str]:
     try:
         # Stage 1 writes page checksums; verifying them makes a flipped bit an error, not other ids.
         pf = pq.ParquetFile(shard, page_checksum_verification=True)
         schema = pf.schema_arrow
     except _READ_ERRORS as exc:
         raise InputFileError(f"{shard}: not a readable parquet file ({exc}); it is damaged — {RERUN}") from None
+    if mode == "pool":
+        return _open_pool_shard(shard, pf)
     names = set(schema.names)
     missing = {"question", "positive"} - names
     if missing or not names & {"negatives", "negative"}:
@@ -117,9 +140,10 @@ def open_stage1(ds_dir: str | Path) -> Stage1Dataset:
     stats = _stage1_stats(ds)
     if sorted(stats["shards"]) != [p.name for p in shards]:
         raise _fail(ds, f"its shards ({len(shards)}) are not the {len(stats['shards'])} that {STAGE1_STATS} lists")
+    mode = stats.get("mode") if isinstance(stats.get("mode"), str) else "passage"
     total, neg_cols = 0, set()
     for shard in shards:
-        pf, neg_col = _open_shard(shard)
+        pf, neg_col = _open_shard(shard, mode)
         total += pf.metadata.num_rows
         neg_cols.add(neg_col)
     if total != stats["records_written"]:
@@ -127,7 +151,7 @@ def open_stage1(ds_dir: str | Path) -> Stage1Dataset:
                         "were written (a shard was replaced or cut)")
     if len(neg_cols) > 1:
         raise _fail(ds, "some shards have `negatives`, others only `negative`")
-    return Stage1Dataset(ds, shards, total, neg_cols.pop())
+    return Stage1Dataset(ds, shards, total, neg_cols.pop(), mode)
 
 
 def iter_stage1_batches(source: Stage1Dataset, batch_records: int) -> Iterator[tuple[pa.ListArray, pa.ListArray, pa.ListArray]]:
@@ -146,3 +170,20 @@ def iter_stage1_batches(source: Stage1Dataset, batch_records: int) -> Iterator[t
             if neg_col == "negative":  # older stage-1 data: one negative per record
                 negatives = pa.ListArray.from_arrays(pa.array(np.arange(len(negatives) + 1), pa.int32()), negatives)
             yield batch.column("question"), batch.column("positive"), negatives
+
+
+def iter_pool_batches(source: Stage1Dataset, batch_records: int) -> Iterator[pa.RecordBatch]:
+    """Batches of every stage-1 pool record (columns `question`, `documents`, `label_index`,
+    `doc_ids`, and `pool_docs`/`doc_order` where present), in dataset order."""
+    for shard in source.shards:
+        pf, _ = _open_shard(shard, "pool")
+        columns = list(POOL_COLUMNS) + [c for c in ("pool_docs", "doc_order") if c in pf.schema_arrow.names]
+        batches = pf.iter_batches(batch_size=batch_records, columns=columns)
+        while True:
+            try:
+                batch = next(batches, None)
+            except _READ_ERRORS as exc:
+                raise InputFileError(f"{shard}: damaged, reading failed ({exc}); {RERUN}") from None
+            if batch is None:
+                break
+            yield batch

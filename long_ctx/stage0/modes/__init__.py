@@ -73,6 +73,7 @@ class Mode(Protocol):
 MODULES = {
     "passage": "long_ctx.stage0.modes.passage",
     "window": "long_ctx.stage0.modes.window",
+    "pool": "long_ctx.stage0.modes.pool",
 }
 MODE_NAMES = tuple(MODULES)
 
