@@ -11,7 +11,7 @@ from trainer_helpers import (adapter_weights, assert_same_adapter, cli_args, hoo
 
 from cross_encoder.modeling import load_cross_encoder
 from cross_encoder.training.config import TrainConfig
-from cross_encoder.training.losses import LOSSES
+from cross_encoder.training.losses import LOSSES_FOR
 from cross_encoder.training.trainer import lr_lambda, main
 
 
@@ -121,7 +121,7 @@ def test_workers_and_grad_checkpointing_do_not_change_results(assets, tmp_path):
     assert_same_adapter(adapter(tmp_path / "plain" / "final"), adapter(tmp_path / "other" / "final"), atol=1e-5)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", LOSSES_FOR["passage"])
 def test_each_loss_trains(assets, tmp_path, loss):
     out = tmp_path / loss
     summary = main(config(assets, out, max_steps=3, loss=loss, group_by_length=loss == "grouped"))

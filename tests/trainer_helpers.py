@@ -87,6 +87,63 @@ def write_padded_dataset(out_dir: str | Path, groups: list[list[Row]], max_lengt
     return out
 
 
+# A pool row: (tokens without padding, CLS positions, labels one per document).
+PoolRow = tuple[list[int], list[int], list[int]]
+
+
+def toy_pool_rows(n_rows: int, n_docs: int = 4, seed: int = 0, q_len: tuple[int, int] = (3, 8),
+                  d_len: tuple[int, int] = (3, 10), vocab: int = TOY_VOCAB) -> list[PoolRow]:
+    """The toy task as pool rows `q [SEP] d_1 [CLS] ... d_k [CLS]`: the gold (at a random position)
+    ends with POS_MARK, the other documents with NEG_MARK."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_rows):
+        toks = rng.integers(10, vocab, rng.integers(*q_len)).tolist() + [SEP]
+        gold = int(rng.integers(n_docs))
+        positions, labels = [], []
+        for i in range(n_docs):
+            toks += rng.integers(10, vocab, rng.integers(*d_len)).tolist() + [POS_MARK if i == gold else NEG_MARK]
+            positions.append(len(toks))
+            toks.append(CLS)
+            labels.append(int(i == gold))
+        rows.append((toks, positions, labels))
+    return rows
+
+
+def write_pool_dataset(out_dir: str | Path, rows: list[PoolRow], max_length: int, n_shards: int = 2) -> Path:
+    """Stage 2's pool layout (docs/stage2.md), written directly: shards + padding.json."""
+    from long_ctx.stage2.pool_rows import POOL_SCHEMA  # the real column types
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = {"input_ids": [], "length": [], "cls_positions": [], "labels": [], "group": [], "doc_ids": []}
+    for g, (toks, positions, labels) in enumerate(rows):
+        assert len(toks) <= max_length
+        cols["input_ids"].append(toks + [PAD] * (max_length - len(toks)))
+        cols["length"].append(len(toks))
+        cols["cls_positions"].append(positions)
+        cols["labels"].append(labels)
+        cols["group"].append(g)
+        cols["doc_ids"].append(list(range(1, len(labels) + 1)))
+    bounds = np.linspace(0, len(rows), n_shards + 1).astype(int)
+    for s in range(n_shards):
+        a, b = bounds[s], bounds[s + 1]
+        pq.write_table(pa.table({k: v[a:b] for k, v in cols.items()}, schema=POOL_SCHEMA),
+                       out / f"train-{s:05d}-of-{n_shards:05d}.parquet")
+    docs = [len(r[2]) for r in rows]
+    meta = {"max_length": max_length, "sep_token_id": SEP, "cls_token_id": CLS, "pad_token_id": PAD,
+            "is_truncate": True, "row_format": "pool", "num_rows": len(rows), "num_groups": len(rows),
+            "pool_docs": max(docs), "doc_order": "shuffled",
+            "documents_per_row": {"min": min(docs), "max": max(docs), "mean": float(np.mean(docs))}}
+    (out / "padding.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    return out
+
+
+def toy_pool_dataset(out_dir: str | Path, n_rows: int = 24, n_docs: int = 4, seed: int = 0,
+                     max_length: int = 64) -> Path:
+    return write_pool_dataset(out_dir, toy_pool_rows(n_rows, n_docs, seed), max_length)
+
+
 def toy_dataset(out_dir: str | Path, n_groups: int = 24, n_neg: int = 2, seed: int = 0,
                 max_length: int = 40) -> Path:
     return write_padded_dataset(out_dir, toy_groups(n_groups, n_neg, seed), max_length)

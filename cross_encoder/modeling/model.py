@@ -1,7 +1,9 @@
 """The cross-encoder: RWKV-5 without its LM head plus a `score` head read at each row's CLS.
 
 A row is `question + [SEP] + document + [CLS]`, right-padded; its score is
-`score(hidden[length-1])`, the final hidden state at the CLS token. Because RWKV is causal,
+`score(hidden[length-1])`, the final hidden state at the CLS token. A pool row
+`question + [SEP] + d_1 + [CLS] + ... + d_k + [CLS]` has a score at every CLS (`forward` with
+`score_rows`/`score_pos`); each sees the question and the documents before it. Because RWKV is causal,
 padding after the CLS never changes that state, which is what makes batch trimming exact and
 lets the evaluator run `question + [SEP]` once and continue every document from its state:
 
@@ -53,9 +55,14 @@ class CrossEncoder(nn.Module):
         """Hidden states at CLS [B, C] -> float32 scores [B]."""
         return self.score(h.float()).squeeze(-1).float()
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, T] right-padded, lengths [B] (CLS at length-1) -> scores [B]."""
-        return self.score_hidden(self.pool(self.rwkv.hidden(input_ids), lengths))
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None,
+                score_rows: torch.Tensor | None = None, score_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] right-padded -> scores: [B] at each row's CLS (length-1, `lengths` [B]),
+        or [S] at the given (row, position) pairs (`score_rows`, `score_pos` [S]: every CLS of pool rows)."""
+        h = self.rwkv.hidden(input_ids)  # [B, T, C]
+        if score_pos is None:
+            return self.score_hidden(self.pool(h, lengths))
+        return self.score_hidden(h[score_rows.to(h.device), score_pos.to(h.device)])
 
     @torch.no_grad()
     def score_rows(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ CARD_NAME = "README.md"
 TAGS = ("reranker", "cross-encoder", "rwkv", "rwkv5")
 PIPELINE_TAG = "text-ranking"
 #: Eval keys that count the held-out set rather than measure the model: in the text, not in `metrics`.
-COUNT_KEYS = ("eval_rows", "eval_groups")
+COUNT_KEYS = ("eval_rows", "eval_groups", "eval_documents")
 #: Training settings shown in the card, in this order: (flag, label).
 SETTINGS = (("loss", "loss"), ("lr", "peak learning rate"), ("warmup_steps", "warmup steps"),
             ("min_lr_ratio", "cosine floor (x lr)"), ("bs", "rows per micro-batch per process"),
@@ -150,9 +150,24 @@ def _data_section(ce_config: Mapping[str, Any]) -> str:
 
 
 def _row_format_section(ce_config: Mapping[str, Any]) -> str:
-    fmt = ce_config.get("row_format") or "question + [SEP] + document + [CLS], right-padded; score read at length-1"
     ids = _table(("token", "id"), [("[SEP]", ce_config.get("sep_token_id")), ("[CLS]", ce_config.get("cls_token_id")),
                                    ("[PAD]", ce_config.get("pad_token_id"))])
+    if ce_config.get("row_format") == "pool":
+        pool = ce_config.get("pool") or {}
+        docs = pool.get("documents_per_row") or {}
+        k = pool.get("pool_docs")
+        settings = _table(("pool setting", "value"), [
+            ("documents per row asked in stage 0 (pool_docs; 0 = every usable one)", k),
+            ("document order in the rows (doc_order)", pool.get("doc_order")),
+            ("documents per row (min / mean / max)", f"{docs.get('min', '?')} / {docs.get('mean', '?')} / "
+                                                     f"{docs.get('max', '?')}"),
+            ("tokens per row at most (max_length)", pool.get("max_length"))])
+        return ("Pool rows: `question + [SEP] + d_1 + [CLS] + ... + d_k + [CLS]`, right-padded, one row per "
+                "question holding its candidate documents; the score of document i is read at its CLS, where "
+                "the model has read the question and documents 1..i. The `Reranker` scores a pool adapter in "
+                "this format transparently (windows of the training K documents, `long_ctx.stage2.pool_rows."
+                "build_pool_row`), with these ids:\n\n" + ids + "\n\n" + settings)
+    fmt = ce_config.get("row_format") or "question + [SEP] + document + [CLS], right-padded; score read at length-1"
     return (f"`{fmt}`. Tokens are RWKV World ids (`long_ctx.world_tokenizer`); rows are built by "
             "`long_ctx.stage2.build_row` with these ids:\n\n" + ids)
 

@@ -43,7 +43,7 @@ class TrainConfig:
     lora_alpha: float = flag(16.0, "LoRA alpha (scaling = alpha / r)")
     lora_dropout: float = flag(0.05, "dropout on the LoRA input")
     lora_targets: list[str] = flag(DEFAULT_LORA_TARGETS, "module name suffixes that get LoRA, e.g. att.receptance att.key att.value att.gate att.output ffn.receptance ffn.key ffn.value")
-    loss: str = flag("bce", "bce: BCE on logits; mse: squared error of the raw score (the original); grouped: softmax over each group's positive + negatives", choices=LOSSES)
+    loss: str = flag("auto", "auto: bce for passage rows, listwise for pool rows; bce: BCE on logits (per CLS on pool rows); mse: squared error of the raw score (the original); grouped: softmax over each group's positive + negatives; listwise (pool rows): softmax over a row's documents, target the gold", choices=("auto", *LOSSES))
     group_by_length: bool = flag(False, "length-grouped sampler: shuffled groups sorted by length inside mega-batches, groups kept together (less padding)")
     trim_batches: bool = flag(True, "cut each batch to its longest real row (identical loss, far less compute); --no-trim_batches only for benchmarks")
     grad_cp: bool = flag(False, "gradient checkpointing per RWKV block: memory linear in row length at a small constant, each block run twice (measured 1.2-1.5x slower on CPU)")

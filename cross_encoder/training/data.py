@@ -5,6 +5,12 @@ tokens matter (the model is causal and the score is read at `length-1`), so they
 memory as one flat array of real tokens plus offsets and re-padded per batch to that batch's
 longest row. Memory is then proportional to real tokens, not to rows x L.
 
+Two row formats (`padding.json: row_format`): passage rows, one score at `length-1` and one
+label per row; pool rows (`"pool"`), one score at every CLS position (`cls_positions`) with one
+label each. A collated batch says where to read every score — (row in batch, position) — with
+the score's label and group (passage rows: the row's group; pool rows: the row itself, so a
+row's documents are one softmax group), so the model and the losses treat both alike.
+
 Batch plans are pure functions of (seed, epoch, sizes): no global RNG, nothing that depends on
 the number of DataLoader workers, so a resumed run sees exactly the batches an uninterrupted
 one would.
@@ -27,6 +33,8 @@ import torch
 from long_ctx.common.progress import progress_bar
 
 REQUIRED_COLUMNS = ("input_ids", "labels", "length", "group")
+POOL_COLUMNS = ("input_ids", "length", "cls_positions", "labels", "group")
+POOL = "pool"
 REQUIRED_META = ("max_length", "sep_token_id", "cls_token_id", "pad_token_id")
 # HF's LengthGroupedSampler sorts inside mega-batches of 50 batches: long enough to pair up
 # similar lengths, short enough that the order stays shuffled at the scale of an epoch.
@@ -45,6 +53,19 @@ class PaddedRows:
     labels: np.ndarray   # [N] int8, 1 positive / 0 negative
     groups: np.ndarray   # [N] int64 source record; a group's rows are consecutive
     meta: dict[str, Any]  # padding.json
+    # Pool rows only (None for passage rows): the scores of row i are read at
+    # score_pos[score_offsets[i]:score_offsets[i+1]] with labels score_labels[...] (one per document).
+    score_offsets: np.ndarray | None = None  # [N+1] int64
+    score_pos: np.ndarray | None = None      # [S] int64 CLS positions, increasing within a row
+    score_labels: np.ndarray | None = None   # [S] int8, exactly one 1 per row
+
+    @property
+    def is_pool(self) -> bool:
+        return self.score_offsets is not None
+
+    @property
+    def row_format(self) -> str:
+        return POOL if self.is_pool else "passage"
 
     @property
     def n_rows(self) -> int:
@@ -149,16 +170,21 @@ def check_shards(ds_dir: str | Path, meta: dict[str, Any], files: list[Path]) ->
             raise ValueError(f"{ds_dir} is missing {', '.join(missing)} (the shard names say there are {n}); "
                              f"restore the file(s) or {redo}")
     opened = {f: _open_shard(f) for f in files}
+    pool = row_format(meta) == POOL
+    required = POOL_COLUMNS if pool else REQUIRED_COLUMNS
+    lists = ("input_ids", "cls_positions", "labels") if pool else ("input_ids",)
     for f, pf in opened.items():
         schema = pf.schema_arrow
-        missing_cols = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+        missing_cols = [c for c in required if c not in schema.names]
         if missing_cols:
-            raise ValueError(f"{f} lacks columns {missing_cols}; it is not stage-2 output — {redo}")
-        ids = schema.field("input_ids").type
-        if not (pa.types.is_list(ids) or pa.types.is_large_list(ids)) or not pa.types.is_integer(ids.value_type):
-            raise ValueError(f"{f}: column input_ids is {ids}, not a list of integer token ids — {redo}")
-        for c in REQUIRED_COLUMNS[1:]:
-            if not pa.types.is_integer(schema.field(c).type):
+            what = "pool rows (padding.json says row_format pool)" if pool else "stage-2 output"
+            raise ValueError(f"{f} lacks columns {missing_cols}; it is not {what} — {redo}")
+        for c in lists:
+            t = schema.field(c).type
+            if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_integer(t.value_type):
+                raise ValueError(f"{f}: column {c} is {t}, not a list of integers — {redo}")
+        for c in required:
+            if c not in lists and not pa.types.is_integer(schema.field(c).type):
                 raise ValueError(f"{f}: column {c} is {schema.field(c).type}, not integers — {redo}")
     if "num_rows" in meta:
         total = sum(pf.metadata.num_rows for pf in opened.values())
@@ -168,32 +194,51 @@ def check_shards(ds_dir: str | Path, meta: dict[str, Any], files: list[Path]) ->
     return opened
 
 
+def row_format(meta: dict[str, Any]) -> str:
+    """"pool" for pool rows, else "passage" (padding.json's `row_format`; older ones describe passage rows)."""
+    return POOL if meta.get("row_format") == POOL else "passage"
+
+
 def load_padded_dataset(ds_dir: str | Path, progress: bool = True) -> PaddedRows:
     """Read and validate every shard; keep only the real tokens of each row."""
     meta = read_padding_meta(ds_dir)
     L, cls_id = int(meta["max_length"]), int(meta["cls_token_id"])
+    pool = row_format(meta) == POOL
     shards = check_shards(ds_dir, meta, shard_files(ds_dir))
     toks, lens, labs, grps = [], [], [], []
+    scores: dict[str, list] = {"n": [], "pos": [], "labels": []}
     bar = progress_bar(total=sum(pf.metadata.num_rows for pf in shards.values()), unit="row",
                        desc="loading rows", disable=not progress)
     for f, pf in shards.items():
         try:
-            for batch in pf.iter_batches(batch_size=4096, columns=list(REQUIRED_COLUMNS)):
-                _add_batch(f, batch, L, cls_id, toks, lens, labs, grps)
+            for batch in pf.iter_batches(batch_size=4096 if not pool else 64,
+                                         columns=list(POOL_COLUMNS if pool else REQUIRED_COLUMNS)):
+                if pool:
+                    _add_pool_batch(f, batch, L, cls_id, toks, lens, grps, scores)
+                else:
+                    _add_batch(f, batch, L, cls_id, toks, lens, labs, grps)
                 bar.update(batch.num_rows)
         except (pa.ArrowException, OSError) as exc:
             raise ValueError(f"{f} cannot be read ({str(exc)[:120]}); the shard is damaged — re-create the "
                              "dataset with long_ctx/2_create_padded_data.py") from None
     bar.close()
     lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
-    labels = np.concatenate(labs) if labs else np.zeros(0, np.int8)
     groups = np.concatenate(grps) if grps else np.zeros(0, np.int64)
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"{ds_dir}: labels must be 0 or 1")
+    extra: dict[str, Any] = {}
+    if pool:
+        n_scores = np.concatenate(scores["n"]) if scores["n"] else np.zeros(0, np.int64)
+        extra["score_offsets"] = np.concatenate([[0], np.cumsum(n_scores)]).astype(np.int64)
+        extra["score_pos"] = np.concatenate(scores["pos"]) if scores["pos"] else np.zeros(0, np.int64)
+        extra["score_labels"] = np.concatenate(scores["labels"]) if scores["labels"] else np.zeros(0, np.int8)
+        labels = np.ones(lengths.size, np.int8)  # every pool row holds its question's positive
+    else:
+        labels = np.concatenate(labs) if labs else np.zeros(0, np.int8)
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"{ds_dir}: labels must be 0 or 1")
     offsets = np.zeros(lengths.size + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     rows = PaddedRows(tokens=np.concatenate(toks) if toks else np.zeros(0, np.uint16),
-                      offsets=offsets, lengths=lengths, labels=labels, groups=groups, meta=meta)
+                      offsets=offsets, lengths=lengths, labels=labels, groups=groups, meta=meta, **extra)
     group_spans(rows)  # validates that groups are consecutive
     return rows
 
@@ -220,19 +265,67 @@ def _add_batch(f: Path, batch: pa.RecordBatch, L: int, cls_id: int, toks: list, 
     grps.append(batch.column("group").to_numpy(zero_copy_only=False).astype(np.int64))
 
 
+def _add_pool_batch(f: Path, batch: pa.RecordBatch, L: int, cls_id: int, toks: list, lens: list, grps: list,
+                    scores: dict[str, list]) -> None:
+    """Validate a batch of pool rows against padding.json and keep their real tokens and CLS labels."""
+    redo = "the dataset does not match its padding.json; re-create it with long_ctx/2_create_padded_data.py"
+    n = batch.num_rows
+    flat = batch.column("input_ids").flatten().to_numpy(zero_copy_only=False)
+    if flat.size != n * L:
+        raise ValueError(f"{f}: rows are not all {L} tokens long as padding.json says; {redo}")
+    ids = flat.reshape(n, L)  # [n, L]
+    length = batch.column("length").to_numpy(zero_copy_only=False).astype(np.int64)
+    if length.min(initial=2) < 2 or length.max(initial=2) > L:
+        raise ValueError(f"{f}: a `length` is outside 2..{L}")
+    pos_col, lab_col = batch.column("cls_positions"), batch.column("labels")
+    counts = np.diff(pos_col.offsets.to_numpy()).astype(np.int64)  # [n] documents per row
+    if not np.array_equal(counts, np.diff(lab_col.offsets.to_numpy())):
+        raise ValueError(f"{f}: a row has not one label per CLS position (cls_positions and labels differ in length)")
+    if n and counts.min() < 1:
+        raise ValueError(f"{f}: a pool row has no CLS position; {redo}")
+    pos = pos_col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)  # [S]
+    lab = lab_col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)  # [S]
+    row = np.repeat(np.arange(n), counts)  # [S] row of each score
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n else np.zeros(0, np.int64)
+    ends = starts + counts - 1
+    first, last = np.zeros(pos.size, bool), np.zeros(pos.size, bool)
+    first[starts], last[ends] = True, True
+    bad = (pos < 1) | (pos >= length[row]) | (~first & (pos <= np.concatenate([[-1], pos[:-1]])))
+    bad |= last & (pos != length[row] - 1)
+    if bad.any():
+        r = int(row[np.flatnonzero(bad)[0]])
+        raise ValueError(f"{f}: row {r} of a batch has CLS positions that are not increasing within 1..length-1 with "
+                         f"the last at length-1; {redo}")
+    if pos.size and not np.all(ids[row, pos] == cls_id):
+        r = int(row[np.flatnonzero(ids[row, pos] != cls_id)[0]])
+        raise ValueError(f"{f}: row {r} of a batch has no CLS ({cls_id}) at one of its cls_positions; {redo}")
+    if not np.isin(lab, (0, 1)).all() or not np.array_equal(np.bincount(row, weights=lab, minlength=n), np.ones(n)):
+        raise ValueError(f"{f}: every pool row needs labels of 0/1 with exactly one 1 (its gold document); {redo}")
+    keep = np.arange(L)[None, :] < length[:, None]  # [n, L] real-token mask
+    toks.append(ids[keep])
+    lens.append(length)
+    grps.append(batch.column("group").to_numpy(zero_copy_only=False).astype(np.int64))
+    scores["n"].append(counts)
+    scores["pos"].append(pos)
+    scores["labels"].append(lab.astype(np.int8))
+
+
 def dataset_fingerprint(rows: PaddedRows) -> dict[str, Any]:
     """What identifies the training data for a resume: special ids, row length, counts and a hash
     of every real token, length, label and group (blake2b: 550 MB/s measured on the shared 2-core
     machine, ~2 s per GB of real tokens at every start)."""
     h = hashlib.blake2b(digest_size=16)
-    for arr in (rows.tokens, rows.lengths, rows.labels, rows.groups):
+    arrays = [rows.tokens, rows.lengths, rows.labels, rows.groups]
+    if rows.is_pool:  # (passage rows hash what they always did, so older checkpoints still match)
+        arrays += [rows.score_offsets, rows.score_pos, rows.score_labels]
+    for arr in arrays:
         arr = np.ascontiguousarray(arr)
         h.update(arr.dtype.str.encode())
         h.update(memoryview(arr).cast("B"))
     meta = rows.meta
     return {"sep_token_id": int(meta["sep_token_id"]), "cls_token_id": int(meta["cls_token_id"]),
             "pad_token_id": int(meta["pad_token_id"]), "max_length": int(meta["max_length"]),
-            "rows": rows.n_rows, "blake2b": h.hexdigest()}
+            "rows": rows.n_rows, "blake2b": h.hexdigest(), **({"row_format": POOL} if rows.is_pool else {})}
 
 
 def group_spans(rows: PaddedRows) -> GroupSpans:
@@ -345,22 +438,43 @@ def plan_eval(spans: GroupSpans, lengths: np.ndarray, eval_groups: np.ndarray, b
     return [rows[i:i + bs] for i in range(0, rows.size, bs)]
 
 
+def score_index(rows: PaddedRows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where the scores of rows `idx` are read and what they are compared with:
+    (row in the batch [S], position [S], label [S], group [S]).
+
+    Passage rows: one score per row at length-1, its label and group. Pool rows: one per CLS, the
+    document's label, and as group the row's index in the dataset (a row is one softmax group).
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if not rows.is_pool:
+        return (np.arange(idx.size, dtype=np.int64), rows.lengths[idx] - 1, rows.labels[idx].astype(np.int64),
+                rows.groups[idx].astype(np.int64))
+    a, b = rows.score_offsets[idx], rows.score_offsets[idx + 1]
+    counts = b - a
+    src = np.repeat(a - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(int(counts.sum()))
+    in_batch = np.repeat(np.arange(idx.size, dtype=np.int64), counts)
+    return in_batch, rows.score_pos[src], rows.score_labels[src].astype(np.int64), idx[in_batch]
+
+
 def collate(rows: PaddedRows, idx: np.ndarray, width: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded batch of the given rows.
+    """Right-padded batch of the given rows, with where to read each score (`score_index`).
 
     width None trims to the longest real row in the batch: rows are right-padded and the model
-    is causal, so the scores at length-1 are exactly those of the full-width batch.
+    is causal, so the scores (at length-1, or at every CLS) are exactly those of the full-width batch.
     """
     lens = rows.lengths[idx]
     T = int(lens.max()) if width is None else int(width)
     ids = np.full((idx.size, T), rows.pad_token_id, dtype=np.int64)  # [B, T]
     for j, i in enumerate(idx):
         ids[j, :lens[j]] = rows.row(int(i))
+    score_rows, score_pos, labels, groups = score_index(rows, idx)
     return {
         "input_ids": torch.from_numpy(ids),
         "lengths": torch.from_numpy(lens.astype(np.int64)),
-        "labels": torch.from_numpy(rows.labels[idx].astype(np.int64)),
-        "groups": torch.from_numpy(rows.groups[idx].astype(np.int64)),
+        "score_rows": torch.from_numpy(score_rows),  # [S] row in the batch of each score
+        "score_pos": torch.from_numpy(score_pos.astype(np.int64)),  # [S] its position in the row
+        "labels": torch.from_numpy(labels),  # [S]
+        "groups": torch.from_numpy(groups),  # [S]
     }
 
 

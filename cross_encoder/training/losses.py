@@ -1,9 +1,12 @@
 """Cross-encoder training losses over a batch of row scores.
 
-Every loss takes `scores` [B] (float32 logits), `labels` [B] (1 positive / 0 negative) and
-`groups` [B] (source record per row) and returns a scalar mean, so a batch can be split into
-pieces only where the mean is separable (see `trainer`): rows for bce/mse, whole groups for
-`grouped`.
+Every loss takes `scores` [S] (float32 logits), `labels` [S] (1 positive / 0 negative) and
+`groups` [S] and returns a scalar mean, so a batch can be split into pieces only where the mean
+is separable (see `trainer`): scores for bce/mse, whole groups for `grouped`/`listwise`. A score
+is a passage row's (group: its source record) or one CLS of a pool row (group: the row).
+
+`listwise` is the softmax cross-entropy over a pool row's document scores, target the labelled
+one: with one positive per group that is exactly `grouped_loss`, so it is the same function.
 """
 from __future__ import annotations
 
@@ -12,14 +15,33 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("bce", "mse", "grouped")
+LOSSES = ("bce", "mse", "grouped", "listwise")
+#: The losses each row format can train with; the first is the default (`--loss auto`).
+LOSSES_FOR = {"passage": ("bce", "mse", "grouped"), "pool": ("listwise", "bce")}
 
 # The score above which a row is called positive for `accuracy`: logits for bce/grouped,
 # a regression onto the 0/1 labels for mse.
-ACCURACY_THRESHOLD = {"bce": 0.0, "mse": 0.5, "grouped": 0.0}
+ACCURACY_THRESHOLD = {"bce": 0.0, "mse": 0.5, "grouped": 0.0, "listwise": 0.0}
 
-# What `grouped` needs from the batcher: every group's rows in one batch.
-NEEDS_WHOLE_GROUPS = {"bce": False, "mse": False, "grouped": True}
+# What `grouped` needs from the batcher: every group's rows in one batch (a pool row is a whole
+# group by itself).
+NEEDS_WHOLE_GROUPS = {"bce": False, "mse": False, "grouped": True, "listwise": False}
+
+
+def resolve_loss(name: str, row_format: str) -> str:
+    """The loss a run trains with: `auto` -> the row format's default; a loss the format cannot
+    train with is a ValueError saying which ones it can."""
+    allowed = LOSSES_FOR[row_format]
+    if name == "auto":
+        return allowed[0]
+    if name not in allowed:
+        why = {("pool", "grouped"): "on pool rows a row is the group: use --loss listwise (the same softmax)",
+               ("pool", "mse"): "pool rows are ranked within the row: use --loss listwise or bce",
+               ("passage", "listwise"): "listwise reads every CLS of a pool row; on passage rows use --loss "
+                                        "grouped (the same softmax over a group's rows)"}.get((row_format, name), "")
+        raise ValueError(f"--loss {name} does not train {row_format} rows ({why}); choose one of "
+                         f"{', '.join(allowed)} or auto")
+    return name
 
 
 def bce_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,6 +92,7 @@ LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "bce": bce_loss,
     "mse": mse_loss,
     "grouped": grouped_loss,
+    "listwise": grouped_loss,  # one positive per row-group: softmax CE with the gold as target
 }
 
 

@@ -81,3 +81,22 @@ def all_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
         "pairwise_accuracy": pairwise_accuracy(scores, labels, groups),
         "group_top1": group_top1_accuracy(scores, labels, groups),
     }
+
+
+def group_mrr(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Mean over groups (with a positive and a negative) of 1 / rank of the positive, its rank being
+    1 + the negatives scoring at least as high (ties count against it, as in `group_top1_accuracy`).
+    A group with several positives ranks its lowest-scoring one."""
+    rr = [1.0 / (1 + int((neg >= pos.min()).sum())) for pos, neg in _positives_and_negatives(scores, labels, groups)]
+    return float(np.mean(rr)) if rr else float("nan")
+
+
+def pool_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """The metrics of pool rows (a group is one row, a score one CLS): row top-1, MRR within the
+    row, pairwise accuracy and ROC AUC over all CLS scores."""
+    return {
+        "row_top1": group_top1_accuracy(scores, labels, groups),
+        "row_mrr": group_mrr(scores, labels, groups),
+        "pairwise_accuracy": pairwise_accuracy(scores, labels, groups),
+        "roc_auc": roc_auc(scores, labels),
+    }

@@ -34,11 +34,11 @@ from cross_encoder.training.outputs.checkpoints import (FINAL_NAME, load_trainin
                                                 rotate_checkpoints, save_checkpoint)
 from cross_encoder.training.config import TrainConfig
 from cross_encoder.training.data import (BatchDataset, PaddedRows, collate, dataset_fingerprint, group_spans,
-                                         load_padded_dataset, plan_epoch, plan_eval, read_padding_meta,
+                                         load_padded_dataset, plan_epoch, plan_eval, read_padding_meta, row_format,
                                          shard_for_rank, split_groups)
 from cross_encoder.training.outputs.log import MetricsWriter, plot_loss, truncate_metrics
-from cross_encoder.training.losses import ACCURACY_THRESHOLD, NEEDS_WHOLE_GROUPS, get_loss
-from cross_encoder.training.metrics import all_metrics
+from cross_encoder.training.losses import ACCURACY_THRESHOLD, NEEDS_WHOLE_GROUPS, get_loss, resolve_loss
+from cross_encoder.training.metrics import all_metrics, pool_metrics
 from cross_encoder.training.outputs.run_dir import (flag_differences, newest_note, other_differences, plan_resume,
                                             refuse_resume, saved_flags)
 from long_ctx.common.atomic import write_json
@@ -91,9 +91,11 @@ class _Trainer:
     # ---------------------------------------------------------------- setup
     def preflight(self) -> None:
         """Everything that can refuse before the data is read (see the module docstring)."""
-        c = self.c
-        _check_config(c)
-        arch = check_model_file(c.model_file)
+        _check_config(self.c)
+        arch = check_model_file(self.c.model_file)
+        # `--loss auto` is resolved from the rows' format before anything is compared or recorded.
+        self.row_format = row_format(read_padding_meta(self.c.ds_dir))
+        self.c = c = dataclasses.replace(self.c, loss=resolve_loss(self.c.loss, self.row_format))
         self.base = {"file": Path(c.model_file).name, "fingerprint": model_fingerprint(c.model_file)}
         plan = plan_resume(c)
         for note in plan.notes:
@@ -241,13 +243,26 @@ class _Trainer:
             "sep_token_id": int(meta["sep_token_id"]), "cls_token_id": int(meta["cls_token_id"]),
             "pad_token_id": int(meta["pad_token_id"]), "max_length": int(meta["max_length"]),
             "is_truncate": meta.get("is_truncate"), "ctx_len": self.c.ctx_len,
-            "row_format": "question + [SEP] + document + [CLS], right-padded; score read at length-1",
+            **self.row_format_config(),
             "loss": self.c.loss, "accuracy_threshold": ACCURACY_THRESHOLD[self.c.loss],
             "lora": self.lora_settings, "model": dataclasses.asdict(self.model_config),
             "base_model_file": Path(self.c.model_file).name, "dataset": str(self.c.ds_dir),
             # What a resume must match (run_dir.flag_differences / other_differences).
             "flags": self.c.to_dict(), "dataset_fingerprint": self.dataset_fp, "base_model": self.base,
         }
+
+    def row_format_config(self) -> dict[str, Any]:
+        """What cross_encoder_config.json says about the rows (the Reranker scores in that format)."""
+        if not self.rows.is_pool:
+            return {"row_format": "question + [SEP] + document + [CLS], right-padded; score read at length-1"}
+        meta = self.rows.meta
+        return {"row_format": "pool",
+                "pool": {"layout": "question + [SEP] + d_1 + [CLS] + ... + d_k + [CLS], right-padded; a score read "
+                                   "at every CLS",
+                         # stage 0's K (0: every usable document) and order, when every row shares them
+                         "pool_docs": meta.get("pool_docs"), "doc_order": meta.get("doc_order"),
+                         "documents_per_row": meta.get("documents_per_row"),
+                         "max_length": int(meta["max_length"])}}
 
     def save(self, path: Path, metrics: dict[str, Any] | None = None) -> None:
         # Parameters are identical on every process (DDP), so all take this decision alike.
@@ -270,7 +285,7 @@ class _Trainer:
         for j, mb in enumerate(micro):
             with maybe_no_sync(self.model, skip_sync=j < n - 1):
                 with self.rt.autocast():
-                    scores = self.model(input_ids=mb["input_ids"].to(dev), lengths=mb["lengths"].to(dev))  # [B]
+                    scores = self.model(**self.model_inputs(mb))  # [S]: one per row, or per CLS of pool rows
                 loss = self.loss_fn(scores.float(), mb["labels"].to(dev), mb["groups"].to(dev))
                 # Dividing by the window's actual size keeps a short last window of an epoch a mean.
                 (loss / n).backward()
@@ -294,6 +309,10 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, norm, True
 
+    def model_inputs(self, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dev = self.rt.device
+        return {k: mb[k].to(dev) for k in ("input_ids", "lengths", "score_rows", "score_pos")}
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Loss and metrics on the held-out groups (every process scores a share)."""
@@ -303,7 +322,7 @@ class _Trainer:
         for idx in self.eval_batches:
             mb = collate(self.rows, idx, None)
             with self.rt.autocast():
-                s = model(input_ids=mb["input_ids"].to(self.rt.device), lengths=mb["lengths"].to(self.rt.device))
+                s = model(**self.model_inputs(mb))
             scores.append(s.float().cpu().numpy())
             labels.append(mb["labels"].numpy())
             groups.append(mb["groups"].numpy())
@@ -314,6 +333,11 @@ class _Trainer:
         y = np.concatenate([p[1] for p in parts])
         g = np.concatenate([p[2] for p in parts])
         loss = float(self.loss_fn(torch.from_numpy(s), torch.from_numpy(y), torch.from_numpy(g)))
+        if self.rows.is_pool:  # a score is one CLS, a group one row
+            n_rows = int(np.unique(g).size)
+            out = {"eval_loss": loss, "eval_rows": n_rows, "eval_groups": n_rows, "eval_documents": int(s.size)}
+            out.update({f"eval_{k}": v for k, v in pool_metrics(s, y, g).items()})
+            return out
         out = {"eval_loss": loss, "eval_rows": int(s.size), "eval_groups": int(np.unique(g).size)}
         out.update({f"eval_{k}": v for k, v in all_metrics(s, y, g, ACCURACY_THRESHOLD[self.c.loss]).items()})
         return out
@@ -346,7 +370,8 @@ class _Trainer:
                 self.log(f"dropped {dropped} metrics.jsonl rows after step {self.step} (that work is redone)")
             write_json(self.out / "config.json", self.run_config(resume))
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", fresh=resume is None) if rt.is_main else None
-        self.log(f"{self.rows.n_rows} rows in {self.spans.n_groups} groups: {self.train_groups.size} groups train, "
+        kind = f"pool rows ({self.rows.score_pos.size} documents)" if self.rows.is_pool else "rows"
+        self.log(f"{self.rows.n_rows} {kind} in {self.spans.n_groups} groups: {self.train_groups.size} groups train, "
                  f"{self.eval_groups.size} eval | trainable {self.n_trainable:,} of {self.n_total:,} params | "
                  f"{self.total_steps} steps, {rt.world_size} process(es) on {rt.device}, {rt.precision}")
         try:
