@@ -4,7 +4,9 @@ For every question of the raw file (stage 0's reader and parser; bad lines are c
 and skipped) both systems rank the same pool — all its documents, or the first `max_docs`:
 
 * the cross-encoder scores each (question, document) in the training row format
-  (`cross_encoder.serving.reranker.Reranker`, special ids from the adapter's config);
+  (`cross_encoder.serving.reranker.Reranker`, special ids from the adapter's config; a pool
+  adapter scores windows of documents in one pass each, in `--doc_order`, see
+  `cross_encoder.evaluation.doc_order`);
 * BM25 scores with stage 0's implementation and tokenizer (`long_ctx.stage0.bm25`).
 
 Both rank by descending score, ties to the lower document number, and are summarised by the gold
@@ -26,6 +28,7 @@ from typing import Any, Iterator
 import orjson
 
 from cross_encoder.cli_flags import ScoringFlags, check_outputs, model_inputs
+from cross_encoder.evaluation.doc_order import DOC_ORDERS, OrderCheck, document_order, score_in_orders
 from cross_encoder.evaluation.ranking_metrics import (THIRDS, bucket_order, gold_rank, pool_size_bucket, position_third,
                                                       summarize)
 from long_ctx.common.atomic import atomic_file, write_json
@@ -56,6 +59,9 @@ class EvalConfig(ScoringFlags):
     output_plot: str | None = flag(None, "bar chart PNG (default: the JSON path with .png)")
     per_question: str | None = flag(None, "optional jsonl with every question's gold ranks and cross-encoder scores")
     bm25_tokenizer: str = flag("words", "BM25 tokens, as in stage 0", choices=("words", "whitespace"))
+    pool_window: int | None = flag(None, "pool adapters: documents per scoring pass at most (default: the training K; 0: as many as --max_length holds)")
+    doc_order: str = flag("original", "order the documents are scored in (matters for pool adapters): original, bm25 (descending), shuffled (seeded by line number)", choices=DOC_ORDERS)
+    order_check: bool = flag(False, "also score every pool in the reverse order; the JSON reports MRR@10 of both and the mean change of the gold's rank (position bias)")
     progress: bool = flag(True, "hide the progress bar", cli_name="no_progress", action="store_false")
     mode: str = flag("passage", "passage: rank each pool's documents; window: rank multi-document windows built as stage 0 --mode window builds them (docs/evaluation.md)", choices=EVAL_MODES)
     context_tokens: int = flag(4096, "--mode window: tokens of the gold window at most (stage 0's --context_tokens)")
@@ -70,6 +76,8 @@ class EvalConfig(ScoringFlags):
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.max_docs is not None and self.max_docs < 1:
             raise ValueError(f"--max_docs must be >= 1, got {self.max_docs}")
+        if self.pool_window is not None and self.pool_window < 0:
+            raise ValueError(f"--pool_window must be >= 0 (0: all documents), got {self.pool_window}")
         if self.question_batch < 1:
             raise ValueError(f"--question_batch must be >= 1, got {self.question_batch}")
         if self.mode not in EVAL_MODES:
@@ -162,6 +170,8 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
     skipped: collections.Counter = collections.Counter()
     results: list[QuestionResult] = []
     seconds = {s: 0.0 for s in SYSTEMS}
+    check = OrderCheck(config.doc_order) if config.order_check else None
+    check_s = 0.0
     docs_scored = 0
     with contextlib.ExitStack() as stack:
         # The per-question file appears only if the whole run succeeds.
@@ -175,19 +185,26 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
             t0 = time.perf_counter()
             bm25 = [bm25_scores(rec.documents, rec.question, config.bm25_tokenizer) for _, rec in chunk]
             t1 = time.perf_counter()
-            ce = reranker.score_many([(rec.question, rec.documents) for _, rec in chunk])
+            pools = [(rec.question, rec.documents) for _, rec in chunk]
+            orders = [document_order(len(rec.documents), b, config.doc_order, n) for (n, rec), b in zip(chunk, bm25)]
+            ce = score_in_orders(reranker, pools, orders)  # in each pool's own document order
+            t2 = time.perf_counter()
+            reverse = score_in_orders(reranker, pools, [o[::-1] for o in orders]) if check else [None] * len(ce)
             seconds["bm25"] += t1 - t0
-            seconds["cross_encoder"] += time.perf_counter() - t1
-            for (line_number, rec), ce_scores, bm25_pool in zip(chunk, ce, bm25):
+            seconds["cross_encoder"] += t2 - t1
+            check_s += time.perf_counter() - t2
+            for (line_number, rec), ce_scores, bm25_pool, rev in zip(chunk, ce, bm25, reverse):
                 gold = rec.gold_id - 1
                 res = QuestionResult(line_number, len(rec.documents), gold,
                                      {"cross_encoder": gold_rank(ce_scores, gold), "bm25": gold_rank(bm25_pool, gold)})
                 results.append(res)
                 docs_scored += res.pool_size
+                line = {"line_number": line_number, "pool_size": res.pool_size, "gold_id": rec.gold_id,
+                        "gold_rank": res.ranks, "cross_encoder_scores": ce_scores.tolist()}
+                if check:
+                    line["gold_rank_reversed_order"] = check.add(ce_scores, rev, gold)
                 if fh:
-                    fh.write(orjson.dumps({"line_number": line_number, "pool_size": res.pool_size,
-                                           "gold_id": rec.gold_id, "gold_rank": res.ranks,
-                                           "cross_encoder_scores": ce_scores}) + b"\n")
+                    fh.write(orjson.dumps(line) + b"\n")
             bar.update(reader.input_bytes - bar.n)
             bar.set_postfix(questions=len(results), refresh=False)
         if not results:  # raised inside the stack: no per-question file is left behind
@@ -209,7 +226,9 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
         "model": {"model_file": str(config.model_file), "adapter": str(config.adapter),
                   "max_length": reranker.max_length, "sep_token_id": reranker.sep,
                   "cls_token_id": reranker.cls, "pad_token_id": reranker.pad,
-                  "device": str(reranker.device), "step": reranker.ce_config.get("step")},
+                  "device": str(reranker.device), "step": reranker.ce_config.get("step"),
+                  "row_format": getattr(reranker, "row_format", "passage"),
+                  "pool_window": getattr(reranker, "pool_window", None)},
         "timing": {"load_s": round(load_s, 3), "cross_encoder_s": round(seconds["cross_encoder"], 3),
                    "bm25_s": round(seconds["bm25"], 3), "elapsed_s": round(elapsed, 3),
                    "cross_encoder_docs_per_s": round(docs_scored / max(seconds["cross_encoder"], 1e-9), 1)},
@@ -217,11 +236,18 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
         "output_json": str(config.output_json),
         "output_plot": str(config.plot_path()),
     })
+    if check:
+        out["order_check"] = check.summary()
+        out["timing"]["order_check_s"] = round(check_s, 3)
     if config.per_question:
         out["per_question"] = str(config.per_question)
     write_json(config.output_json, out)  # the results first: the plot is only a view of them
     plot_results(out, config.plot_path())
     print(format_table(out))
+    if check:
+        oc = out["order_check"]
+        print(f"order check ({oc['doc_order']} vs reversed): MRR@10 {oc['mrr@10']:.4f} vs {oc['mrr@10_reversed']:.4f}, "
+              f"mean |change of the gold's rank| {oc['mean_abs_gold_rank_change']:.2f}")
     if out["questions_cut"]:
         print(f"warning: {out['questions_cut']:,} questions were longer than "
               f"{getattr(reranker, 'max_query_tokens', '?')} tokens (half the row) and only their first tokens "

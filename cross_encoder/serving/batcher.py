@@ -9,11 +9,16 @@ still starts from its own question's prefix state: a score does not depend on wh
 batched with, beyond float rounding.
 
 Jobs are served first come, first served; a request bigger than a batch is scored in slices and
-the last slice shares its batch with the next requests.
+the last slice shares its batch with the next requests. A slice only ever ends where the
+reranker's `windows` end (every document for a passage adapter; for a pool adapter, where its
+scoring windows end), so a pool adapter's documents keep the window neighbours they would have
+had in one `score_ids_many` call of the whole request; a window larger than `max_batch_docs`
+is a batch of its own.
 """
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import logging
@@ -45,6 +50,7 @@ class _Job:
     scores: np.ndarray = field(init=False)
     next: int = 0  # first document not yet handed to the model
     left: int = field(init=False)  # documents not yet scored
+    ends: list[int] | None = None  # where slices may end (the reranker's window ends); None: anywhere
 
     def __post_init__(self) -> None:
         self.scores = np.empty(len(self.docs))
@@ -159,7 +165,9 @@ class Batcher:
             while True:
                 while self._queue and n < self.max_batch_docs:
                     job = self._queue[0]
-                    end = min(len(job.docs), job.next + self.max_batch_docs - n)
+                    end = self._slice_end(job, self.max_batch_docs - n, first=not batch)
+                    if end is None:  # its next window does not fit beside what is gathered
+                        return batch
                     batch.append((job, job.next, end))
                     n += end - job.next
                     job.next = end
@@ -169,6 +177,21 @@ class Batcher:
                 if n >= self.max_batch_docs or left <= 0 or self._stopping:
                     return batch
                 self._cond.wait(left)
+
+    def _slice_end(self, job: _Job, room: int, first: bool) -> int | None:
+        """Where the slice of `job` taken now ends: as far as `room` documents allow, at a window
+        end; the first slice of a batch takes at least one whole window; None: nothing fits."""
+        if job.ends is None and job.next == 0:
+            windows = getattr(self.reranker, "windows", None)
+            if windows is not None:
+                job.ends = [b for _, b in windows(job.question, job.docs)]
+        limit = min(len(job.docs), job.next + room)
+        if job.ends is None:
+            return limit
+        j = bisect.bisect_right(job.ends, limit) - 1
+        if j >= 0 and job.ends[j] > job.next:
+            return job.ends[j]
+        return job.ends[bisect.bisect_right(job.ends, job.next)] if first else None
 
     def _score(self, batch: list[tuple[_Job, int, int]]) -> None:
         start = time.perf_counter()

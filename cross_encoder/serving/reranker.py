@@ -14,6 +14,14 @@ so every document keeps room (stage 2 keeps the whole question and cuts the docu
 for a question as long as the row, which would give every document the same score). Such queries
 are counted in `queries_cut` and warned about once (`QueryCutWarning`).
 
+Pool adapters (trained on stage 2's pool rows, `row_format: "pool"` in their config) are scored
+in that format, transparently behind the same calls: a query's documents, in the order given,
+are cut into windows of at most `pool_window` documents (default: the training K; all when K
+was 0) and `max_length` tokens, each `question + [SEP] + d_1 + [CLS] + ... + d_k + [CLS]`
+(`long_ctx.stage2.pool_rows.build_pool_row`), one pass per window, the score of each document
+read at its CLS. A document too long for a window alone loses its tail. Scores then depend on
+the order of the documents and on what shares their window (`windows` says which do).
+
 Speed: RWKV is recurrent and every row of a query starts with the same `question + [SEP]`, so
 that prefix runs once and each document continues from a copy of its state (the batched form of
 `rwkv5.expand_state`), in batches of documents of similar length, which may mix the pools of
@@ -31,6 +39,7 @@ import torch
 
 from cross_encoder.runtime import default_dtype, resolve_device, resolve_dtype
 from long_ctx.stage2 import build_row
+from long_ctx.stage2.pool_rows import build_pool_row
 
 DEFAULT_BATCH_SIZE = 32
 # Upper bound on documents x padded suffix length per forward pass; keeps activation memory flat
@@ -45,6 +54,17 @@ def max_query_tokens(max_length: int) -> int:
     return int((max_length - 2) * QUERY_SHARE)
 
 
+def default_pool_window(ce_config: dict) -> int | None:
+    """Documents per scoring window of a pool adapter: its training K (`pool.pool_docs`), None
+    (all) when K was 0, and when K is not recorded the most documents a training row held."""
+    pool = ce_config.get("pool") or {}
+    k = pool.get("pool_docs")
+    if isinstance(k, int) and not isinstance(k, bool) and k >= 0:
+        return k or None
+    most = (pool.get("documents_per_row") or {}).get("max")
+    return int(most) if isinstance(most, int) and most > 0 else None
+
+
 class QueryCutWarning(UserWarning):
     """A query was longer than `max_query_tokens` and lost its tail (emitted once per Reranker)."""
 
@@ -54,7 +74,7 @@ class Reranker:
 
     def __init__(self, model: torch.nn.Module, ce_config: dict, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_length: int | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 tokenizer=None) -> None:
+                 tokenizer=None, pool_window: int | None = None) -> None:
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
         self.model = model.eval()
@@ -70,6 +90,13 @@ class Reranker:
         if self.max_length < 3:
             raise ValueError(f"max_length must be >= 3 (question, SEP, CLS), got {self.max_length}")
         self.max_query_tokens = max_query_tokens(self.max_length)
+        #: "pool" for an adapter trained on pool rows (scored in windows), else "passage".
+        self.row_format = "pool" if ce_config.get("row_format") == "pool" else "passage"
+        if pool_window is not None and pool_window < 0:
+            raise ValueError(f"pool_window must be >= 0 (0: all documents in one window), got {pool_window}")
+        #: Pool adapters: documents per window at most (None: as many as max_length allows).
+        self.pool_window = (default_pool_window(ce_config) if pool_window is None else pool_window or None) \
+            if self.row_format == "pool" else None
         self.queries_cut = 0  # queries scored that were longer than max_query_tokens
         self._warned = False
         self.batch_size = batch_size
@@ -87,24 +114,26 @@ class Reranker:
         return cls.from_pretrained(flags.model_file, flags.adapter, device=flags.device,
                                    dtype=resolve_dtype(flags.precision, flags.device),
                                    batch_size=flags.batch_size, max_length=flags.max_length,
-                                   max_batch_tokens=flags.max_batch_tokens)
+                                   max_batch_tokens=flags.max_batch_tokens,
+                                   pool_window=getattr(flags, "pool_window", None))
 
     @classmethod
     def from_pretrained(cls, model_file: str | Path, adapter_dir: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                        max_length: int | None = None,
-                        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> "Reranker":
+                        max_length: int | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                        pool_window: int | None = None) -> "Reranker":
         """Load the base checkpoint and the adapter (a checkpoint folder, or a training output
         folder: its final/ or newest checkpoint) once, LoRA merged into the weights.
 
         dtype None: fp32 on CPU, bf16 on CUDA. max_length None: the training rows' length.
+        pool_window (pool adapters): documents per window; None: the training K; 0: all.
         """
         from cross_encoder.modeling import load_cross_encoder  # imports peft: only when loading
 
         dev = resolve_device(device)
         model, ce_config = load_cross_encoder(model_file, adapter_dir, device=dev, dtype=dtype or default_dtype(dev))
         return cls(model, ce_config, batch_size=batch_size, max_length=max_length,
-                   max_batch_tokens=max_batch_tokens)
+                   max_batch_tokens=max_batch_tokens, pool_window=pool_window)
 
     # ------------------------------------------------------------------ text API
     def encode(self, query: str, documents: Sequence[str]) -> tuple[list[int], list[list[int]]]:
@@ -167,6 +196,55 @@ class Reranker:
         """Tokens shared by every row of this question: the kept question plus SEP."""
         return min(len(question_ids), self.max_query_tokens) + 1
 
+    @property
+    def is_pool(self) -> bool:
+        return self.row_format == "pool"
+
+    def windows(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+        """The [a, b) document ranges scored together: for a pool adapter, consecutive documents,
+        a new window whenever `pool_window` documents or `max_length` tokens would be exceeded
+        (greedy from the first document, so a window boundary stays one when the documents after
+        it are scored on their own); for a passage adapter every document alone."""
+        n = len(documents_ids)
+        if not self.is_pool:
+            return [(i, i + 1) for i in range(n)]
+        room = self.max_length - self.prefix_length(question_ids)  # documents + their CLS
+        cap = self.pool_window or n
+        out, a, used = [], 0, 0
+        for i, d in enumerate(documents_ids):
+            cost = min(len(d), room - 1) + 1
+            if i > a and (i - a >= cap or used + cost > room):
+                out.append((a, i))
+                a, used = i, 0
+            used += cost
+        if n:
+            out.append((a, n))
+        return out
+
+    def window_row(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+        """(ids, CLS positions) of one pool window without padding: the pool row of the kept query
+        and the documents, each cut to what fits in a window alone."""
+        q = self.kept_query(question_ids)
+        room = self.max_length - len(q) - 1
+        docs = [d[:room - 1] for d in documents_ids]
+        needed = max(3, len(q) + 1 + sum(len(d) + 1 for d in docs))
+        if needed > self.max_length:
+            raise ValueError(f"{len(docs)} documents need {needed} tokens, over max_length {self.max_length}; "
+                             "cut the pool with windows() first")
+        row = build_pool_row(q, docs, 0, needed, self.sep, self.cls, self.pad, truncate=False)
+        return row.ids[:row.length].tolist(), row.cls_positions
+
+    def tokens_read(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]]) -> int:
+        """Query and document tokens the model reads to score these documents, without SEP/CLS:
+        the query once per row (passage adapters: per document; pool adapters: per window)."""
+        if not self.is_pool:
+            return sum(len(self.row(question_ids, d)) - 2 for d in documents_ids)
+        total = 0
+        for a, b in self.windows(question_ids, documents_ids):
+            ids, positions = self.window_row(question_ids, documents_ids[a:b])
+            total += len(ids) - 1 - len(positions)
+        return total
+
     # ------------------------------------------------------------------ scoring
     def score_ids(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """float64 [n_docs] scores with prefix-state reuse (see module docstring)."""
@@ -176,7 +254,10 @@ class Reranker:
     def score_ids_many(self, items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[np.ndarray]:
         """Scores of several (question ids, documents ids) pools at once: each question's prefix
         runs once, then documents of all the pools share length-sorted batches, each row starting
-        from its own question's state. Fills batches when pools are small (10-30 documents)."""
+        from its own question's state. Fills batches when pools are small (10-30 documents).
+        A pool adapter scores windows instead (`score_windows_many`)."""
+        if self.is_pool:
+            return self.score_windows_many(items)
         states: list = []  # per question with documents: its batch-1 state after question + SEP
         owner: list[int] = []  # per document: index into `states`
         suffixes: list[list[int]] = []  # per document: document (maybe cut) + CLS; never empty
@@ -211,13 +292,47 @@ class Reranker:
         return out
 
     @torch.inference_mode()
+    def score_windows_many(self, items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[np.ndarray]:
+        """Pool adapters: every pool cut into `windows`, one pass per window (windows of all pools
+        in length-sorted batches), each document's score read at its CLS."""
+        out = [np.empty(len(docs)) for _, docs in items]
+        built: list[tuple[int, int, list[int], list[int]]] = []  # (pool, first document, ids, CLS positions)
+        for k, (q, docs) in enumerate(items):
+            if not len(docs):
+                continue
+            self._count_cut(q)
+            for a, b in self.windows(q, docs):
+                built.append((k, a, *self.window_row(q, docs[a:b])))
+        for batch in self._batches([len(w[2]) for w in built]):
+            ids, _ = self._pad([built[i][2] for i in batch])  # [B, T]
+            rows = torch.tensor([j for j, i in enumerate(batch) for _ in built[i][3]], device=self.device)  # [S]
+            pos = torch.tensor([p for i in batch for p in built[i][3]], device=self.device)  # [S]
+            h = self.model.rwkv.hidden(ids)  # [B, T, C]
+            scores = self.model.score_hidden(h[rows, pos]).double().cpu().numpy()  # [S]
+            at = 0
+            for i in batch:
+                k, a, _, positions = built[i]
+                out[k][a:a + len(positions)] = scores[at:at + len(positions)]
+                at += len(positions)
+        return out
+
+    @torch.inference_mode()
     def score_ids_per_pair(self, question_ids: Sequence[int], documents_ids: Sequence[Sequence[int]],
                            batch_size: int = 1) -> np.ndarray:
         """float64 [n_docs] scores, each pair's full padded training row scored on its own
-        (`batch_size` rows at a time, in input order): the straightforward reference."""
+        (`batch_size` rows at a time, in input order): the straightforward reference. For a pool
+        adapter, each window's row padded to max_length, one at a time."""
         out = np.empty(len(documents_ids))
         if len(documents_ids):
             self._count_cut(question_ids)
+        if self.is_pool:
+            for a, b in self.windows(question_ids, documents_ids):
+                ids, positions = self.window_row(question_ids, documents_ids[a:b])
+                padded = torch.full((1, self.max_length), self.pad, dtype=torch.long)
+                padded[0, :len(ids)] = torch.tensor(ids)
+                h = self.model.rwkv.hidden(padded.to(self.device))[0]  # [max_length, C]
+                out[a:b] = self.model.score_hidden(h[torch.tensor(positions)]).double().cpu().numpy()
+            return out
         q = self.kept_query(question_ids)
         for a in range(0, len(documents_ids), batch_size):
             built = [build_row(q, d, self.max_length, self.sep, self.cls, self.pad, truncate=True)

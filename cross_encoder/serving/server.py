@@ -54,6 +54,7 @@ from long_ctx.common.cli import UsageError
 
 log = logging.getLogger("cross_encoder.serve")
 ROW_FORMAT = "question [SEP] document [CLS]"
+POOL_ROW_FORMAT = "question [SEP] d_1 [CLS] ... d_k [CLS] (pool windows)"
 RETRY_AFTER = {"Retry-After": "1"}
 
 
@@ -144,8 +145,8 @@ def _validation_message(errors: Sequence[dict], content_type: str | None) -> str
 def prepare(reranker: Any, query: str, texts: list[str], truncate: bool, field: str,
             count_tokens: bool) -> tuple[list[int], list[list[int]], int]:
     """Token ids of the query and documents (Reranker's tokenizer), checked against the row limit
-    unless `truncate`; plus, when asked, the tokens the model reads (query + document per row,
-    after cutting, without SEP/CLS). Runs in a thread: tokenizing 8 MB takes ~0.2 s."""
+    unless `truncate`; plus, when asked, the tokens the model reads (`Reranker.tokens_read`: query +
+    document per row, after cutting, without SEP/CLS; a pool adapter reads the query once per window). Runs in a thread: tokenizing 8 MB takes ~0.2 s."""
     q, docs = reranker.encode(query, texts)
     limit = reranker.max_length
     if not truncate:
@@ -160,7 +161,7 @@ def prepare(reranker: Any, query: str, texts: list[str], truncate: bool, field: 
             raise ApiError(413, f"{field}[{i}] is too long: query {len(q)} + document {len(docs[i])} tokens + SEP + CLS "
                            f"= {len(q) + len(docs[i]) + 2} tokens, over the model's row limit of {limit}; shorten it "
                            f"or send \"truncate\": true{others}", "payload_too_large")
-    tokens = sum(len(reranker.row(q, d)) - 2 for d in docs) if count_tokens else 0
+    tokens = reranker.tokens_read(q, docs) if count_tokens else 0
     return q, docs, tokens
 
 
@@ -333,6 +334,8 @@ def main(config: ServeConfig) -> dict[str, Any]:
         info.update(adapter=str(adapter_dir), adapter_step=ce.get("step"), model_shape=ce.get("model"),
                     special_ids={"sep": rr.sep, "cls": rr.cls, "pad": rr.pad}, max_length=rr.max_length,
                     max_input_length=rr.max_length)
+        if rr.is_pool:  # scores depend on the documents' order and window (docs/serving.md)
+            info.update(row_format=POOL_ROW_FORMAT, pool_window=rr.pool_window)
         return rr
 
     sock = _listen(config.host, config.port)
