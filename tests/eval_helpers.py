@@ -57,15 +57,16 @@ def toy_padded_dataset(out: Path, max_length: int, n_groups: int = 6, seed: int 
     return out
 
 
-def trained_adapter(work: Path, model_file: Path, max_length: int = 48, seed: int = 0) -> Path:
-    """Train 2 steps with the real trainer, then perturb the LoRA B matrices (zero at init, and
-    tiny after 2 steps) so the adapter clearly changes the trunk. Returns the final/ folder."""
+def trained_adapter(work: Path, model_file: Path, max_length: int = 48, seed: int = 0, ds: Path | None = None) -> Path:
+    """Train 2 steps with the real trainer (on `ds`, default a toy passage dataset), then perturb
+    the LoRA B matrices (zero at init, and tiny after 2 steps) so the adapter clearly changes the
+    trunk. Returns the final/ folder."""
     from safetensors.torch import load_file, save_file
 
     from cross_encoder.training.config import TrainConfig
     from cross_encoder.training.trainer import main
 
-    ds = toy_padded_dataset(work / "toy_ds", max_length)
+    ds = ds or toy_padded_dataset(work / "toy_ds", max_length)
     out = work / "train"
     main(TrainConfig(model_file=str(model_file), ds_dir=str(ds), output_dir=str(out), ctx_len=max_length, bs=4,
                      max_steps=2, lr=1e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0, eval_fraction=0.0,
@@ -100,6 +101,18 @@ def shared_assets(max_length: int = 48) -> tuple[Path, Path]:
     atexit.register(shutil.rmtree, work, True)
     model = tiny_checkpoint(work / "tiny.pth")
     return model, trained_adapter(work, model, max_length=max_length)
+
+
+@functools.lru_cache(maxsize=None)
+def shared_pool_assets(max_length: int = 256, pool_docs: int = 4) -> tuple[Path, Path]:
+    """(base .pth, adapter trained on pool rows of `pool_docs` documents), built once per process."""
+    from trainer_helpers import toy_pool_rows, write_pool_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="pool_assets_"))
+    atexit.register(shutil.rmtree, work, True)
+    model = tiny_checkpoint(work / "tiny.pth")
+    ds = write_pool_dataset(work / "pool_ds", toy_pool_rows(8, pool_docs, vocab=60000), max_length, n_shards=1)
+    return model, trained_adapter(work, model, max_length=max_length, ds=ds)
 
 
 def stub_ce_config(max_length: int = 64) -> dict:

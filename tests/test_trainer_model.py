@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
-from trainer_helpers import SEP, tiny_model, toy_dataset
+from trainer_helpers import SEP, lora_model, tiny_model, toy_dataset
 
-from cross_encoder.modeling import CrossEncoder, attach_lora, load_cross_encoder, make_lora_config
+from cross_encoder.modeling import CrossEncoder, load_cross_encoder
 from cross_encoder.rwkv5 import expand_state, load_rwkv5
 from cross_encoder.training.outputs.checkpoints import save_checkpoint
 from cross_encoder.training.data import collate, load_padded_dataset
@@ -15,18 +15,6 @@ from cross_encoder.training.losses import LOSSES, get_loss
 def assets(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
     return tiny_model(d / "m.pth"), toy_dataset(d / "ds", n_groups=8, max_length=48)
-
-
-def lora_model(model_file, seed=0, targets=("att.receptance", "att.key", "att.value",
-                                           "ffn.receptance", "ffn.key", "ffn.value")):
-    torch.manual_seed(seed)
-    ce = CrossEncoder(load_rwkv5(str(model_file), with_head=False), head_seed=seed)
-    pm = attach_lora(ce, make_lora_config(4, 8, 0.0, targets))
-    with torch.no_grad():  # LoRA B starts at zero; make the adapter actually change the outputs
-        for name, p in pm.named_parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    return pm.eval()
 
 
 @pytest.mark.parametrize("loss_name", LOSSES)

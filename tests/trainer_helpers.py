@@ -215,6 +215,24 @@ def hooked_trainer(path: str | Path, on_step: str, setup: str = "") -> Path:
     return path
 
 
+def lora_model(model_file, seed=0, targets=("att.receptance", "att.key", "att.value",
+                                           "ffn.receptance", "ffn.key", "ffn.value")):
+    """The tiny model with a LoRA whose matrices are non-zero (so it changes the outputs), in eval mode."""
+    import torch
+
+    from cross_encoder.modeling import CrossEncoder, attach_lora, make_lora_config
+    from cross_encoder.rwkv5 import load_rwkv5
+
+    torch.manual_seed(seed)
+    ce = CrossEncoder(load_rwkv5(str(model_file), with_head=False), head_seed=seed)
+    pm = attach_lora(ce, make_lora_config(4, 8, 0.0, targets))
+    with torch.no_grad():  # LoRA B starts at zero; make the adapter actually change the outputs
+        for name, p in pm.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return pm.eval()
+
+
 def toy_config(assets, out, **kw):
     """The TrainConfig the trainer tests start from: (tiny model, toy dataset) of `assets`, tiny LoRA."""
     from cross_encoder.training.config import TrainConfig

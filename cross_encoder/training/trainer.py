@@ -27,6 +27,7 @@ from peft import PeftModel
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cross_encoder.modeling import CrossEncoder, attach_lora, check_model_file, load_ce_config, make_lora_config
+from cross_encoder.modeling.model import HEAD_NAME
 from cross_encoder.modeling.loading import architecture, check_architecture, model_fingerprint
 from cross_encoder.runtime import Runtime, maybe_no_sync, setup_runtime, teardown_runtime
 from cross_encoder.rwkv5 import load_rwkv5
@@ -175,7 +176,12 @@ class _Trainer:
         self.lora_settings = {"r": lc.r, "alpha": lc.lora_alpha, "dropout": lc.lora_dropout,
                               "targets": sorted(lc.target_modules)}
         self.peft_model.train()
-        self.trainable = [p for p in self.peft_model.parameters() if p.requires_grad]
+        # A listwise loss is a softmax within each row: adding a constant to every score changes
+        # nothing, so the head's bias has a true gradient of exactly 0, and Adam would blow up its
+        # rounding noise (~1e-9) into steps of size lr. It stays at its initial 0.
+        frozen = {n for n, p in self.peft_model.named_parameters()
+                  if c.loss == "listwise" and n.endswith(f"{HEAD_NAME}.modules_to_save.default.bias")}
+        self.trainable = [p for n, p in self.peft_model.named_parameters() if p.requires_grad and n not in frozen]
         self.n_trainable = sum(p.numel() for p in self.trainable)
         self.n_total = sum(p.numel() for p in self.peft_model.parameters())
         self.model = DDP(self.peft_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
