@@ -242,7 +242,14 @@ score = float(h @ head["weight"][0] + head["bias"][0])
 
 A runtime that only returns logits (the `rwkv` pip package, ChatRWKV) computes the same score when
 `head.weight` is replaced by the score head's `weight` (its single logit plus `bias`); see
-docs/export.md of long-ctx-reranker."""
+docs/export.md of long-ctx-reranker.""" + (_POOL_EXPORT if ce_config.get("row_format") == "pool" else "")
+
+
+_POOL_EXPORT = """
+
+This adapter was trained on pool rows: feed `question + [SEP] + d_1 + [CLS] + ... + d_k + [CLS]` in
+one pass and read the score of document i at the position of its CLS (`h = trunk.hidden(...)[0,
+cls_positions]`), as long-ctx-reranker's `Reranker` does in windows of the training K documents."""
 
 
 def build_model_card(ce_config: Mapping[str, Any], metrics: Mapping[str, Any] | None = None,

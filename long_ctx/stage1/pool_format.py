@@ -7,14 +7,12 @@ the passage format (`long_ctx.stage1.records.process_chunk`).
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import pyarrow as pa
 
-from long_ctx.stage1.records import INT32_MAX, TOKENS, _is_int, _list_array, text_column
-from long_ctx.world_tokenizer import get_tokenizer
+from long_ctx.stage1.records import INT32_MAX, TOKENS, _is_int, _list_array, text_column, tokenize_texts
 
 TEXT_COLUMNS = ("question", "answer", "long_answer")
 INT_KEYS = ("label_index", "gold_id", "num_documents", "line_number", "pool_docs")
@@ -90,20 +88,10 @@ def check(obj) -> str | None:
 def encode(records: list[dict], keep_text: bool) -> pa.RecordBatch:
     """Token ids of valid pool records as one Arrow batch with `schema(keep_text)`."""
     n = len(records)
-    # Questions, answers, long answers, then every document of every record: each output column is
-    # one contiguous slice of the flat id buffer (one Rust encode_batch call for the chunk).
+    # Questions, answers, long answers, then every document of every record.
     texts = [r[c] for c in TEXT_COLUMNS for r in records]
     texts += [d for r in records for d in r["documents"]]
-    ids = get_tokenizer().encode_batch(texts)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16, count=int(offsets[-1]))
-
-    def ids_column(first_text: int, count: int) -> pa.ListArray:
-        off = offsets[first_text : first_text + count + 1]
-        return _list_array(off - off[0], pa.array(flat[off[0] : off[-1]], pa.uint16()))
-
+    ids_column = tokenize_texts(texts)
     columns = {c: ids_column(i * n, n) for i, c in enumerate(TEXT_COLUMNS)}
     outer = np.zeros(n + 1, dtype=np.int64)
     np.cumsum([len(r["documents"]) for r in records], out=outer[1:])
@@ -140,14 +128,9 @@ class PoolFormat:
                   "line of the source NQ file. The `row` length is what stage 2 needs for the whole row "
                   "(question + SEP + every document + its CLS).")
 
-    def check(self, obj) -> str | None:
-        return check(obj)
-
-    def schema(self, keep_text: bool) -> pa.Schema:
-        return schema(keep_text)
-
-    def encode(self, records: list[dict], keep_text: bool) -> pa.RecordBatch:
-        return encode(records, keep_text)
+    check = staticmethod(check)
+    schema = staticmethod(schema)
+    encode = staticmethod(encode)
 
     def lengths(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         import pyarrow.compute as pc  # main process only

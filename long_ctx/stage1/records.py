@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import itertools
 import os
+from typing import Callable
 
 import numpy as np
 import orjson
@@ -114,13 +115,10 @@ def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), values)
 
 
-def encode_records(records: list[dict], keep_text: bool) -> pa.RecordBatch:
-    """Token ids of valid records as one Arrow batch with `output_schema(keep_text)`."""
-    n = len(records)
-    # Texts laid out column by column (all questions, all answers, ..., then every negative) so
-    # that each output column is one contiguous slice of the flat id buffer.
-    texts = [r[c] for c in ID_COLUMNS[:-1] for r in records]
-    texts += [s for r in records for s in r["negatives"]]
+def tokenize_texts(texts: list[str]) -> Callable[[int, int], pa.ListArray]:
+    """Token ids of `texts` (one Rust encode_batch call) -> `ids_column(first, count)`: the ids of
+    texts[first:first + count] as one list<uint16> array. Lay the texts out column by column so
+    that each output column is one contiguous slice of the flat id buffer."""
     ids = get_tokenizer().encode_batch(texts)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
@@ -132,6 +130,16 @@ def encode_records(records: list[dict], keep_text: bool) -> pa.RecordBatch:
         # An explicit type matters: untyped pa.array(numpy uint16) is ~1000x slower here.
         return _list_array(off - off[0], pa.array(flat[off[0] : off[-1]], pa.uint16()))
 
+    return ids_column
+
+
+def encode_records(records: list[dict], keep_text: bool) -> pa.RecordBatch:
+    """Token ids of valid records as one Arrow batch with `output_schema(keep_text)`."""
+    n = len(records)
+    # All questions, all answers, ..., then every negative.
+    texts = [r[c] for c in ID_COLUMNS[:-1] for r in records]
+    texts += [s for r in records for s in r["negatives"]]
+    ids_column = tokenize_texts(texts)
     columns = {c: ids_column(i * n, n) for i, c in enumerate(ID_COLUMNS[:-1])}
     neg_counts = np.fromiter((len(r["negatives"]) for r in records), dtype=np.int64, count=n)
     neg_outer = np.zeros(n + 1, dtype=np.int64)

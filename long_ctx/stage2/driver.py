@@ -20,7 +20,7 @@ from long_ctx.common.lengths import LengthCounter, plot_length_histograms
 from long_ctx.common.parquet_shards import ShardWriter
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage2.pool_output import print_pool_summary, write_pool_dataset
-from long_ctx.stage2.rows import MAX_TOKEN_ID, OUTPUT_SCHEMA, pack_rows
+from long_ctx.stage2.rows import MAX_TOKEN_ID, OUTPUT_SCHEMA, pack_rows, special_ids_note
 from long_ctx.stage2.source import Stage1Dataset, iter_stage1_batches, open_stage1
 
 PADDING_FILE = "padding.json"
@@ -208,10 +208,7 @@ def _write_card(path: Path, s: dict, name: str) -> None:
         ),
         sections=[
             ("Settings", settings),
-            ("Counts", counts + (
-                f"\n\n{s['rows_with_special_ids_in_text']:,} row(s) contain a SEP/CLS/PAD id inside their text; "
-                "choose ids outside the vocab (65530..65535) to avoid that." if s["rows_with_special_ids_in_text"]
-                else "")),
+            ("Counts", counts + special_ids_note(s["rows_with_special_ids_in_text"])),
             ("Row lengths", length_table({"row (kept)": s["length"], "needed before truncation": s["needed_length"]})
              + f"\n\n![row lengths]({PLOT_FILE})"),
             ("Files", f"Shards: {', '.join(s['shards'])}. Full summary: `{PADDING_FILE}`."),

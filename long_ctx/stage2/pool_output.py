@@ -19,6 +19,7 @@ from long_ctx.common.lengths import LengthCounter, plot_length_histograms
 from long_ctx.common.parquet_shards import ShardWriter
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage2.pool_rows import POOL_SCHEMA, pack_pool_rows
+from long_ctx.stage2.rows import special_ids_note
 from long_ctx.stage2.source import Stage1Dataset, iter_pool_batches
 
 ROW_FORMAT = "pool"
@@ -143,10 +144,7 @@ def _write_card(path: Path, s: dict, name: str, padding_file: str, plot_file: st
         ),
         sections=[
             ("Settings", settings),
-            ("Counts", counts + (
-                f"\n\n{s['rows_with_special_ids_in_text']:,} row(s) contain a SEP/CLS/PAD id inside their text; "
-                "choose ids outside the vocab (65530..65535) to avoid that." if s["rows_with_special_ids_in_text"]
-                else "")),
+            ("Counts", counts + special_ids_note(s["rows_with_special_ids_in_text"])),
             ("Row lengths", length_table({"row (kept)": s["length"], "needed before truncation": s["needed_length"],
                                           "documents per row": s["documents_per_row"]})
              + f"\n\n![row lengths]({plot_file})"),

@@ -12,6 +12,14 @@ import numpy as np
 import pyarrow as pa
 
 MAX_TOKEN_ID = 65535  # rows are stored as uint16
+
+
+def special_ids_note(rows: int) -> str:
+    """The dataset card's warning about rows whose text contains a SEP/CLS/PAD id ("" for none)."""
+    if not rows:
+        return ""
+    return (f"\n\n{rows:,} row(s) contain a SEP/CLS/PAD id inside their text; choose ids outside the vocab "
+            "(65530..65535) to avoid that.")
 OUTPUT_SCHEMA = pa.schema(
     [
         pa.field("input_ids", pa.list_(pa.uint16())),  # exactly max_length ids

@@ -154,18 +154,24 @@ def open_stage1(ds_dir: str | Path) -> Stage1Dataset:
     return Stage1Dataset(ds, shards, total, neg_cols.pop(), mode)
 
 
+def _read(shard: Path, pf: pq.ParquetFile, batch_records: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The shard's batches; a read error names the damaged file."""
+    batches = pf.iter_batches(batch_size=batch_records, columns=columns)
+    while True:
+        try:
+            batch = next(batches, None)
+        except _READ_ERRORS as exc:
+            raise InputFileError(f"{shard}: damaged, reading failed ({exc}); {RERUN}") from None
+        if batch is None:
+            return
+        yield batch
+
+
 def iter_stage1_batches(source: Stage1Dataset, batch_records: int) -> Iterator[tuple[pa.ListArray, pa.ListArray, pa.ListArray]]:
     """(question, positive, negatives) arrays of every stage-1 record, in dataset order."""
     for shard in source.shards:
         pf, neg_col = _open_shard(shard)
-        batches = pf.iter_batches(batch_size=batch_records, columns=["question", "positive", neg_col])
-        while True:
-            try:
-                batch = next(batches, None)
-            except _READ_ERRORS as exc:
-                raise InputFileError(f"{shard}: damaged, reading failed ({exc}); {RERUN}") from None
-            if batch is None:
-                break
+        for batch in _read(shard, pf, batch_records, ["question", "positive", neg_col]):
             negatives = batch.column(neg_col)
             if neg_col == "negative":  # older stage-1 data: one negative per record
                 negatives = pa.ListArray.from_arrays(pa.array(np.arange(len(negatives) + 1), pa.int32()), negatives)
@@ -178,12 +184,4 @@ def iter_pool_batches(source: Stage1Dataset, batch_records: int) -> Iterator[pa.
     for shard in source.shards:
         pf, _ = _open_shard(shard, "pool")
         columns = list(POOL_COLUMNS) + [c for c in ("pool_docs", "doc_order") if c in pf.schema_arrow.names]
-        batches = pf.iter_batches(batch_size=batch_records, columns=columns)
-        while True:
-            try:
-                batch = next(batches, None)
-            except _READ_ERRORS as exc:
-                raise InputFileError(f"{shard}: damaged, reading failed ({exc}); {RERUN}") from None
-            if batch is None:
-                break
-            yield batch
+        yield from _read(shard, pf, batch_records, columns)
