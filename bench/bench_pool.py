@@ -15,7 +15,7 @@ included) and the speed-up over the reference. Pool scores are not comparable to
 
 Training (same run): the real trainer (`trainer.main`) on random pool rows of ~4k and ~16k tokens
 (30 and 120 documents of ~130 tokens), bs 1, listwise loss, each variant in a fresh process so its
-peak memory (max RSS) is its own; against passage rows of ~190 tokens (bs 8) as the reference.
+peak memory (VmHWM) is its own; against passage rows of ~145 tokens (bs 8, bce) as the reference.
 
     python bench/bench_pool.py [--pools 3] [--threads 1] [--train_steps 4] [--skip_train]
 """
@@ -183,7 +183,7 @@ def training(a, work: Path) -> list[str]:
 
     lines = ["| model | rows | bs | real tokens/row | s/step | real tok/s | vs passage rows | peak RSS (MB) | "
              "over the reference's (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    variants = [("passage rows (~190 tok), reference", "passage", 0, 8, False),
+    variants = [("passage rows (2 per question), reference", "passage", 0, 8, False),
                 ("pool rows, 30 docs (~4k tok)", "pool", 30, 1, False),
                 ("pool rows, 120 docs (~16k tok)", "pool", 120, 1, False),
                 ("pool rows, 120 docs (~16k tok), --grad_cp", "pool", 120, 1, True)]

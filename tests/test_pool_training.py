@@ -82,10 +82,11 @@ def test_trimmed_pool_batch_gives_identical_loss_and_grads(assets, loss_name):
     for width in (None, rows.max_length):
         b = collate(rows, idx, width)
         pm.zero_grad()
-        scores = pm(input_ids=b["input_ids"], lengths=b["lengths"], score_rows=b["score_rows"], score_pos=b["score_pos"])
+        scores = pm(**{k: b[k] for k in ("input_ids", "lengths", "score_rows", "score_pos")})
         loss = get_loss(loss_name)(scores, b["labels"], b["groups"])
         loss.backward()
-        results.append((b["input_ids"].shape[1], loss.detach(), [p.grad.clone() for p in pm.parameters() if p.requires_grad]))
+        grads = [p.grad.clone() for p in pm.parameters() if p.requires_grad]
+        results.append((b["input_ids"].shape[1], loss.detach(), grads))
     (t1, l1, g1), (t2, l2, g2) = results
     assert t1 < t2
     torch.testing.assert_close(l1, l2, atol=1e-6, rtol=1e-5)

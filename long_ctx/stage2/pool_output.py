@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from long_ctx.common.atomic import write_json
 from long_ctx.common.dataset_card import length_table, markdown_table, write_dataset_card

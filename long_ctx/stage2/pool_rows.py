@@ -141,7 +141,8 @@ def pack_pool_rows(question: pa.ListArray, documents: pa.ListArray, label_index:
     L = max_length
     flat = np.concatenate(cols["input_ids"]) if n else np.zeros(0, np.uint16)
     arrays = [
-        pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int64) * L, pa.int32()), pa.array(flat, pa.uint16())),
+        pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int64) * L, pa.int32()),
+                                 pa.array(flat, pa.uint16())),
         pa.array(cols["length"], pa.int32()),
         pa.array(cols["cls_positions"], pa.list_(pa.int32())),
         pa.array(cols["labels"], pa.list_(pa.int8())),
