@@ -99,9 +99,9 @@ class Vocabulary:
         words = dict.fromkeys(_COMMON)
         while len(words) < size:
             rank = np.arange(len(words), size)
-            # Rarer words are longer: ~4 letters near rank 1,000, ~6 near 20,000, ~7 at the tail.
-            syl = 1 + (rng.random(len(rank)) < np.minimum(0.9, 0.3 + rank / 20_000)) \
-                + (rng.random(len(rank)) < rank / 150_000)
+            # Rarer words are longer: ~4 letters near rank 1,000, ~6 near 20,000, under 7 at the tail.
+            syl = 1 + (rng.random(len(rank)) < np.minimum(0.85, 0.25 + rank / 20_000)) \
+                + (rng.random(len(rank)) < rank / 250_000)
             r = rng.random(len(rank)).tolist()
             for k, w in zip(rank.tolist(), _words(rng, syl)):
                 if len(w) < 2:
@@ -255,7 +255,7 @@ def make_record(rng: np.random.Generator, vocab: Vocabulary, n_docs: int, gold_i
         gold = j == gold_id
         r = rng.random()
         density = 0.12 if gold else 0.06 if r < 0.3 else 0.02 if r < 0.7 else 0.0
-        n_words = int(np.clip(rng.normal(100, 9), 60, 130))
+        n_words = int(np.clip(rng.normal(93, 8), 60, 120))  # ~100 str.split() words with names and dates
         has_answer = gold or rng.random() < 0.04
         docs.append(f"(Title: {_title(rng, vocab, topic)}) {_passage(rng, vocab, topic, n_words, density, has_answer)}")
     if n_docs > 3 and rng.random() < 0.1:  # pools repeat passages (now and then the gold)
