@@ -123,42 +123,33 @@ def scores_from_index(index: TermIndex, query_tokens: Sequence[str]) -> np.ndarr
     n_terms = len(index.df_first)
     if n_docs == 0 or n_terms == 0:
         return score
+    unique_terms = list(dict.fromkeys(query_tokens))
+    found, tf, df = index.term_counts(unique_terms)  # absent terms: idf 0, they add nothing
     idf_table = _idf_table(n_docs)
-    # np.cumsum adds strictly left to right, like rank_bm25's `idf_sum += idf` loop, so the
-    # floor below is bit-identical to its value.
-    idf_sum = float(np.cumsum(idf_table[index.df_first])[-1])
-    floor = EPSILON * (idf_sum / n_terms)
+    idf = idf_table[df]  # [F] float64, the same values as rank_bm25's per-term math.log
+    negative = idf < 0
+    if negative.any():
+        # np.cumsum adds strictly left to right, like rank_bm25's `idf_sum += idf` loop, so the
+        # floor below is bit-identical to its value.
+        idf_sum = float(np.cumsum(idf_table[index.df_first])[-1])
+        idf[negative] = EPSILON * (idf_sum / n_terms)
+    # rank_bm25 multiplies by an idf of 0; skipping such a term leaves every score unchanged.
+    keep = np.flatnonzero(idf != 0)
+    if not len(keep):
+        return score
+    rows = dict(zip((unique_terms[i] for i in found[keep].tolist()), range(len(keep))))
+    order = [rows[t] for t in query_tokens if t in rows]  # repeated query terms count every time
     avgdl = int(doc_len.sum()) / n_docs
     # Same operation order as rank_bm25: k1 * (1 - b + b * doc_len / avgdl).
     length_norm = K1 * (1 - B + B * doc_len / avgdl)
-
-    unique_terms = list(dict.fromkeys(query_tokens))
-    tfs = index.term_frequencies(unique_terms)
-    rows: dict[str, int] = {}  # query term -> row of `contrib`, for terms that add something
-    idfs, tf_rows = [], []
-    for term, tf in zip(unique_terms, tfs):
-        if tf is None:
-            continue  # absent from the corpus: idf 0
-        idf = float(idf_table[np.count_nonzero(tf)])
-        if idf < 0:
-            idf = floor
-        if idf == 0:
-            continue  # rank_bm25 multiplies by 0; skipping leaves every score unchanged
-        rows[term] = len(idfs)
-        idfs.append(idf)
-        tf_rows.append(tf)
-    order = [rows[t] for t in query_tokens if t in rows]  # repeated query terms count every time
-    if not order:
-        return score
-    tf = np.stack(tf_rows)  # [T, N] int64
+    tf = tf[keep]  # [T, N] int64
     # [T, N]: the same elementwise float64 operations as rank_bm25's per-term expression.
-    contrib = np.array(idfs)[:, None] * (tf * (K1 + 1) / (tf + length_norm))
+    contrib = idf[keep, None] * (tf * (K1 + 1) / (tf + length_norm))
     # Added term by term in query order from zeros, as rank_bm25 does: cumsum along axis 0 is
     # a plain running sum (no pairwise reordering), so the result has the same bits.
     terms = contrib[order]
     terms[0] += 0.0  # rank_bm25 starts from zeros: 0.0 + -0.0 is 0.0
-    score = np.cumsum(terms, axis=0)[-1]
-    return score
+    return np.cumsum(terms, axis=0)[-1]
 
 
 def bm25_scores(documents: Sequence[str], query: str, tokenizer: str = "words") -> np.ndarray:

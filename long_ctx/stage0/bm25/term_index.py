@@ -70,7 +70,20 @@ class TermIndex:
     def term_frequencies(self, terms: Sequence[str]) -> list[np.ndarray | None]:
         """For each term (a token as the tokenizer returns it): [N] int64 count per document, or
         None if the corpus lacks it."""
-        raise NotImplementedError
+        found, tf, _df = self.term_counts(terms)
+        out: list[np.ndarray | None] = [None] * len(terms)
+        for i, row in zip(found.tolist(), tf):
+            out[i] = row
+        return out
+
+    def term_counts(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distinct `terms` at once: (found [F] int64, indices into `terms` of those in the
+        corpus, ascending; tf [F, N] int64, their counts per document; df [F] int64, their
+        document frequencies)."""
+        rows = self.term_frequencies(terms)
+        found = np.array([i for i, r in enumerate(rows) if r is not None], dtype=np.int64)
+        tf = np.array([rows[i] for i in found.tolist()], dtype=np.int64).reshape(len(found), len(self.doc_len))
+        return found, tf, np.count_nonzero(tf, axis=1)
 
 
 class ExactTermIndex(TermIndex):
@@ -188,6 +201,7 @@ class FastTermIndex(TermIndex):
         # each document starts among the (sorted) token starts.
         first_token = np.append(np.searchsorted(starts, joined.doc_starts), n_tok)
         self.doc_len = np.diff(first_token)
+        self._n_docs = n_docs
         if n_tok == 0:
             self.df_first = np.zeros(0, np.int64)
             self._group_top = np.zeros(0, np.uint64)
@@ -227,42 +241,44 @@ class FastTermIndex(TermIndex):
         doc_sorted = tok_doc[perm]
         new_pair = new.copy()  # first token of a (term, document) pair
         new_pair[1:] |= doc_sorted[1:] != doc_sorted[:-1]
-        df = np.add.reduceat(new_pair, gstart, dtype=np.int64)
+        # Document frequency = pairs per group: group starts are pair starts, so count the
+        # pair starts between consecutive group starts.
+        pair_starts = np.flatnonzero(new_pair)
+        group_at = np.flatnonzero(new[pair_starts])  # [V] index of each group's first pair
+        df = np.empty(len(gstart), np.int64)
+        np.subtract(group_at[1:], group_at[:-1], out=df[:-1])
+        df[-1] = len(pair_starts) - group_at[-1]
         # Reorder by first occurrence without a second sort: scatter to token positions.
-        df_by_pos = np.zeros(n_tok, np.int64)
+        df_by_pos = np.empty(n_tok, np.int64)
         df_by_pos[first] = df
-        self.df_first = df_by_pos[df_by_pos > 0]
+        is_first = np.zeros(n_tok, bool)
+        is_first[first] = True
+        self.df_first = df_by_pos[np.flatnonzero(is_first)]
 
+        self._group_df = df
         self._group_top = top[gstart]
         self._group_bounds = np.append(gstart, n_tok)
         self._group_first_key = keys_sorted[gstart]
         self._doc_sorted = doc_sorted
         self._low_mask = low_mask
-        self._n_docs = n_docs
 
-    def term_frequencies(self, terms: Sequence[str]) -> list[np.ndarray | None]:
-        if not terms:
-            return []
-        if len(self._group_top) == 0:
-            return [None] * len(terms)
+    def term_counts(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = self._n_docs
+        if not len(terms) or len(self._group_top) == 0:
+            return np.zeros(0, np.int64), np.zeros((0, n), np.int64), np.zeros(0, np.int64)
         keys = _string_keys(terms, self._words)
         tops = keys & ~self._low_mask
-        n_groups = len(self._group_top)
-        g = np.minimum(np.searchsorted(self._group_top, tops), n_groups - 1)
+        g = np.minimum(np.searchsorted(self._group_top, tops), len(self._group_top) - 1)
         # Same grouping bits and same full key (else a different term shares the bits).
         found = np.flatnonzero((self._group_top[g] == tops) & (self._group_first_key[g] == keys))
-        out: list[np.ndarray | None] = [None] * len(terms)
-        if len(found):
-            lo = self._group_bounds[g[found]]
-            counts = self._group_bounds[g[found] + 1] - lo
-            # Positions of every token of the found terms in the group-sorted order.
-            pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
-            row = np.repeat(np.arange(len(found)), counts)
-            n = self._n_docs
-            tf = np.bincount(row * n + self._doc_sorted[pos], minlength=len(found) * n)
-            for i, counts_i in zip(found.tolist(), tf.reshape(len(found), n)):
-                out[i] = counts_i  # [N] int64
-        return out
+        g = g[found]
+        lo = self._group_bounds[g]
+        counts = self._group_bounds[g + 1] - lo
+        # Positions of every token of the found terms in the group-sorted order.
+        pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+        row = np.repeat(np.arange(len(found)), counts)
+        tf = np.bincount(row * n + self._doc_sorted[pos], minlength=len(found) * n).reshape(len(found), n)
+        return found, tf, self._group_df[g]
 
 
 def build_term_index(
