@@ -74,6 +74,17 @@ def test_documents_containing_equals_python(docs, answer):
         negatives.SEARCH_BLOCK = block
 
 
+def test_documents_containing_ignores_byte_matches_across_characters():
+    # The general search looks for the needle's code units as bytes: in UTF-16 "\u0131\u0107" is
+    # 31 01 07 01, holding "\u0701" (01 07) at an odd offset; in UTF-32 "\U00019500\u4e00" is
+    # 00 95 01 00 00 4e 00 00, holding "\u0195" (95 01 00 00) at offset 1.
+    for docs, needle in [(["\u0131\u0107", "x"], "\u0701"), (["\U00019500\u4e00", "y"], "\u0195")]:
+        expected = [needle in d.lower() for d in docs]
+        assert expected == [False, False]
+        assert documents_containing(docs, needle).tolist() == expected
+        assert documents_containing(docs + [needle], needle).tolist() == expected + [True]
+
+
 @settings(max_examples=300, deadline=None)
 @given(a=_text, b=_text)
 def test_same_words_is_split_equality(a, b):

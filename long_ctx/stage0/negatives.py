@@ -82,7 +82,7 @@ def documents_containing(
     return np.array([needle in doc.lower() for doc in documents], dtype=bool)
 
 
-#: Characters per block of the general answer search (bounds its temporary arrays to ~100 MB).
+#: Characters per block of the general answer search (bounds its temporary arrays to ~10 MB).
 SEARCH_BLOCK = 1 << 19
 
 #: The only non-ASCII characters whose str.lower() contains ASCII: İ -> "i̇" and the Kelvin
@@ -105,52 +105,51 @@ def _search_lowered(joined: JoinedDocs, needle: str) -> np.ndarray | None:
         # ASCII): search the ASCII-lowercased bytes with bytes.find, jumping to the next
         # document after each hit.
         haystack = joined.ascii_lowercase_bytes()
-        return _find_ascii(haystack, needle.encode("ascii"), joined.doc_starts)
-    # General case: find where the needle's first character can start (ASCII by case-insensitive
-    # arithmetic, non-ASCII by asking Python per distinct character), then extend the survivors
-    # one character at a time with the exact per-character lowercase. Block by block: the int64
-    # positions and lowercases of a whole huge record at once cost ~200 bytes per character.
-    cp = joined.cp
+        return _find_units(haystack, needle.encode("ascii"), 1, joined.doc_starts)
+    # General case: lowercase every character by table (ASCII by arithmetic, the others as
+    # Python does, `lowercase_at`) and search the needle's code points in those, as bytes. Block
+    # by block (overlapping by the needle's length, so every match lies whole in one block): the
+    # lowercases of a whole huge record at once would cost several bytes per character more.
+    cp, high = joined.cp, joined.high
     pattern = [ord(c) for c in needle]
-    n = len(cp) - len(pattern) + 1  # possible match starts
     found = np.zeros(len(joined.doc_starts), bool)
-    p0 = pattern[0]
     for a in range(0, len(cp), SEARCH_BLOCK):
-        block = cp[a : a + SEARCH_BLOCK]
-        high = np.flatnonzero(block >= 128) + a
-        if len(high):
-            high_low = lowercase_at(cp, high)
-            if (high_low == SPECIAL).any():
-                return None
-        if a >= n:
-            continue  # (still checked for SPECIAL above: it may sit inside a match)
-        if p0 < 128:
-            # x | 0x20 == p0 | 0x20 holds for both cases of a letter (plus a few non-letters that
-            # the exact check below drops).
-            at = np.flatnonzero(block[: n - a] | 0x20 == p0 | 0x20) + a
-            if len(high):  # disjoint from `at`: a byte >= 128 never equals p0 | 0x20 < 128
-                at = np.concatenate((at, high[(high_low == p0) & (high < n)]))
-            at = at[lowercase_at(cp, at) == p0]
-        else:
-            at = high[(high_low == p0) & (high < n)] if len(high) else high
-        for k in range(1, len(pattern)):
-            if not len(at):
-                break
-            at = at[lowercase_at(cp, at + k) == pattern[k]]
-        found[joined.doc_of(at)] = True
+        b = min(len(cp), a + SEARCH_BLOCK + len(pattern) - 1)
+        lo, hi = np.searchsorted(high, [a, b])
+        block_high = high[lo:hi]
+        high_lower = lowercase_at(cp, block_high)
+        if (high_lower == SPECIAL).any():
+            return None
+        block = cp[a:b]
+        lowered = np.where(block - 65 < 26, block | 0x20, block)  # (unsigned wrap-around: a range test)
+        if len(block_high) and high_lower.max() > np.iinfo(lowered.dtype).max:
+            lowered = lowered.astype(np.uint32)
+        lowered[block_high - a] = high_lower
+        if max(pattern) <= np.iinfo(lowered.dtype).max:  # else no character here lowercases to it
+            # Big-endian: the needle's last byte is then its last character's low byte, not the
+            # 0 that half of the haystack's bytes are (bytes.find skips ahead by its last byte).
+            big = lowered.dtype.newbyteorder(">")
+            needle_units = np.array(pattern, big).tobytes()
+            found |= _find_units(lowered.astype(big).tobytes(), needle_units, lowered.itemsize, joined.doc_starts - a)
     return found
 
 
-def _find_ascii(haystack: bytes, needle: bytes, doc_starts: np.ndarray) -> np.ndarray:
+def _find_units(haystack: bytes, needle: bytes, itemsize: int, doc_starts: np.ndarray) -> np.ndarray:
+    """Which documents hold `needle` in `haystack` (`itemsize` bytes per character; a match
+    must start on a character; `doc_starts` in characters, relative to the haystack), jumping
+    to the next document after each hit."""
     starts = doc_starts.tolist()
     found = np.zeros(len(starts), bool)
     at = haystack.find(needle)
     while at >= 0:
-        doc = bisect.bisect_right(starts, at) - 1
+        if at % itemsize:  # straddles two characters
+            at = haystack.find(needle, at + 1)
+            continue
+        doc = bisect.bisect_right(starts, at // itemsize) - 1
         found[doc] = True
         if doc + 1 == len(starts):
             break
-        at = haystack.find(needle, starts[doc + 1])
+        at = haystack.find(needle, starts[doc + 1] * itemsize)
     return found
 
 
