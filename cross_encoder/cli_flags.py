@@ -17,7 +17,7 @@ class ModelFlags:
     """The base model and the adapter a script loads."""
 
     model_file: str = flag(None, "base RWKV-5 .pth the adapter was trained on", required=True)
-    adapter: str = flag(None, "adapter folder (OUT/final, OUT/checkpoint-<step>) or the training OUT folder", required=True)
+    adapter: str = flag(None, "adapter folder (OUT/best, OUT/final, OUT/checkpoint-<step>) or the training OUT folder: its best/, else final/, else newest checkpoint-<step>/", required=True)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The layout of an adapter folder (`OUT/checkpoint-<step>/`, `OUT/final/`), how one is found, and
-how a damaged one is told apart.
+"""The layout of an adapter folder (`OUT/checkpoint-<step>/`, `OUT/final/`, `OUT/best/`), how one is
+found, and how a damaged one is told apart.
 
 A checkpoint folder holds:
 - `adapter_config.json`, `adapter_model.safetensors` (and peft's `README.md`): the peft adapter
@@ -14,6 +14,12 @@ everything that loads a trained model finds them here.
 Folders are written atomically, so a damaged one comes from the disk or a user (a truncated copy,
 a half-finished `cp`), never from a killed trainer. `adapter_problem` / `state_problem` say what is
 wrong; `find_adapter` skips such folders and falls back to the next newest, with a note.
+
+Which folder of a training output folder `OUT` is used: a resume continues the newest
+(`find_adapter(OUT, need_state=True)`: final/, else the newest checkpoint-<step>/; never best/,
+which is an earlier step); everything that loads a model for use (`find_adapter(OUT, False,
+prefer_best=True)`: the evaluator, reranker, server, export) takes best/ (the best evaluation so
+far, by --metric_for_best_model), else final/, else the newest checkpoint-<step>/.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ import orjson
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 FINAL_NAME = "final"
+#: The checkpoint with the best evaluation so far (written by the trainer after each evaluation).
+BEST_NAME = "best"
 STATE_NAME = "training_state.pt"
 CE_CONFIG_NAME = "cross_encoder_config.json"
 CE_FORMAT = "rwkv5-cross-encoder"
@@ -154,11 +162,12 @@ def _problem(p: Path, need_state: bool) -> str | None:
     return adapter_problem(p) or (state_problem(p) if need_state else None)
 
 
-def find_adapter(folder: str | Path, need_state: bool) -> Found | None:
+def find_adapter(folder: str | Path, need_state: bool, prefer_best: bool = False) -> Found | None:
     """The folder to load: `folder` itself when it holds adapter files (it must then be intact:
-    the user chose it), else the newest intact final/ or checkpoint-<step>/ in it. `need_state`:
-    a resume also needs an intact training_state.pt. None when there is no candidate at all;
-    a `ValueError` naming every problem when all candidates are damaged."""
+    the user chose it), else the newest intact final/ or checkpoint-<step>/ in it, with
+    `prefer_best` its intact best/ before those. `need_state`: a resume also needs an intact
+    training_state.pt. None when there is no candidate at all; a `ValueError` naming every
+    problem when all candidates are damaged."""
     folder = Path(folder)
     if has_adapter_files(folder):
         problem = _problem(folder, need_state)
@@ -167,7 +176,9 @@ def find_adapter(folder: str | Path, need_state: bool) -> Found | None:
                              "folder, whose newest intact checkpoint is then used)")
         return Found(folder, checkpoint_step(folder))
     skipped = []
-    for p in candidate_dirs(folder):
+    best = folder / BEST_NAME
+    first = [best] if prefer_best and best.is_dir() and any(best.iterdir()) else []
+    for p in first + candidate_dirs(folder):
         problem = _problem(p, need_state)
         if problem is None:
             return Found(p, checkpoint_step(p), skipped)

@@ -98,21 +98,23 @@ def load_ce_config(adapter_dir: str | Path) -> dict[str, Any]:
 
 
 def resolve_adapter_dir(adapter_dir: str | Path) -> Path:
-    """A checkpoint folder as given, or for a training output folder its newest intact adapter
-    (final/, else the newest checkpoint-<step>/); damaged newer ones are skipped with a note on
-    stderr. Only the adapter is needed here, not the training state."""
+    """A checkpoint folder as given, or for a training output folder the adapter to use: best/
+    (the best evaluation by --metric_for_best_model), else final/, else the newest
+    checkpoint-<step>/; damaged ones are skipped with a note on stderr. Only the adapter is
+    needed here, not the training state."""
     p = Path(adapter_dir)
     if not p.exists():
-        raise FileNotFoundError(f"--adapter {adapter_dir} not found; pass OUT/final, OUT/checkpoint-<step> or "
-                                "the training output folder OUT")
-    found = find_adapter(p, need_state=False)
+        raise FileNotFoundError(f"--adapter {adapter_dir} not found; pass OUT/best, OUT/final, OUT/checkpoint-<step> "
+                                "or the training output folder OUT")
+    found = find_adapter(p, need_state=False, prefer_best=True)
     if found is None:
         raise FileNotFoundError(f"no adapter in {adapter_dir}: expected adapter_config.json, or a "
-                                "training output folder with final/ or checkpoint-<step>/")
+                                "training output folder with best/, final/ or checkpoint-<step>/")
     for note in found.skipped:
         print(f"note: skipping damaged {p / note}", file=sys.stderr)
     if found.skipped:
-        print(f"note: using {found.path} (step {found.step}), the newest intact adapter in {p}", file=sys.stderr)
+        print(f"note: using {found.path} (step {found.step}), the first intact adapter in {p} "
+              "(best/, final/, newest checkpoint-<step>/)", file=sys.stderr)
     return found.path
 
 

@@ -311,7 +311,7 @@ def main(config: ServeConfig) -> dict[str, Any]:
     if not Path(config.model_file).is_file():
         raise FileNotFoundError(f"--model_file {config.model_file} not found; pass the base RWKV-5 .pth the adapter was trained on")
     if not Path(config.adapter).is_dir():
-        raise FileNotFoundError(f"--adapter {config.adapter} is not a folder; pass OUT/final, OUT/checkpoint-<step> or the training OUT folder")
+        raise FileNotFoundError(f"--adapter {config.adapter} is not a folder; pass OUT/best, OUT/final, OUT/checkpoint-<step> or the training OUT folder")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.precision, device)
     threads = config.torch_threads or default_torch_threads()
