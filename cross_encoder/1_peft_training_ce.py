@@ -7,6 +7,7 @@ Resume:           add --lora_ckpt OUT (the newest checkpoint there is continued;
 
 Every flag and its help text is defined next to its field in cross_encoder/training/config.py.
 """
+from cross_encoder.evaluation.raw_pools import RawPoolEval
 from cross_encoder.runtime import run_cli_on_ranks
 from cross_encoder.training.config import config_from_args
 from cross_encoder.training.outputs.run_dir import interrupted_note
@@ -14,4 +15,5 @@ from cross_encoder.training.trainer import main
 
 if __name__ == "__main__":
     config = config_from_args(description=__doc__)
-    run_cli_on_ranks(main, config, interrupted=lambda: interrupted_note(config))
+    # --eval_input_file ranks raw pools with the evaluator's code, which training does not import.
+    run_cli_on_ranks(lambda c: main(c, pool_eval=RawPoolEval), config, interrupted=lambda: interrupted_note(config))

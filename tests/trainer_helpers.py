@@ -200,7 +200,7 @@ import cross_encoder.training.trainer as t
 real_main = t.main
 def on_step(step):
 {body}
-t.main = lambda config: real_main(config, on_step=on_step)
+t.main = lambda config, **kw: real_main(config, on_step=on_step, **kw)
 sys.argv = [{script!r}] + sys.argv[1:]
 runpy.run_path({script!r}, run_name="__main__")
 '''

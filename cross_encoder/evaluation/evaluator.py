@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import orjson
 
 from cross_encoder.cli_flags import ScoringFlags, check_outputs, model_inputs
@@ -131,6 +132,22 @@ def iter_pools(reader: LineReader, limit: int | None, max_docs: int | None,
         yield line_number, record
 
 
+def score_chunk(reranker: Any, chunk: list[tuple[int, NQRecord]], bm25: list[list[float]],
+                doc_order: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(the cross-encoder's scores of every pool of `chunk`, in the pool's own document order; the
+    order each pool was scored in, `--doc_order`). `bm25`: each pool's BM25 scores. The trainer's
+    raw-pool evaluation (`cross_encoder.evaluation.raw_pools`) calls this too."""
+    pools = [(rec.question, rec.documents) for _, rec in chunk]
+    orders = [document_order(len(rec.documents), b, doc_order, n) for (n, rec), b in zip(chunk, bm25)]
+    return score_in_orders(reranker, pools, orders), orders
+
+
+def question_result(line_number: int, record: NQRecord, scores: dict[str, Any]) -> QuestionResult:
+    """One question's gold rank under every system's scores (system -> scores in pool order)."""
+    gold = record.gold_id - 1
+    return QuestionResult(line_number, len(record.documents), gold, {s: gold_rank(v, gold) for s, v in scores.items()})
+
+
 def breakdown(results: list[QuestionResult], system: str) -> dict[str, Any]:
     """Overall metrics of one system plus its breakdowns by gold position third and pool size."""
     by_third: dict[str, list[int]] = {t: [] for t in THIRDS}
@@ -185,18 +202,16 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
             t0 = time.perf_counter()
             bm25 = [bm25_scores(rec.documents, rec.question, config.bm25_tokenizer) for _, rec in chunk]
             t1 = time.perf_counter()
-            pools = [(rec.question, rec.documents) for _, rec in chunk]
-            orders = [document_order(len(rec.documents), b, config.doc_order, n) for (n, rec), b in zip(chunk, bm25)]
-            ce = score_in_orders(reranker, pools, orders)  # in each pool's own document order
+            ce, orders = score_chunk(reranker, chunk, bm25, config.doc_order)
             t2 = time.perf_counter()
+            pools = [(rec.question, rec.documents) for _, rec in chunk]
             reverse = score_in_orders(reranker, pools, [o[::-1] for o in orders]) if check else [None] * len(ce)
             seconds["bm25"] += t1 - t0
             seconds["cross_encoder"] += t2 - t1
             check_s += time.perf_counter() - t2
             for (line_number, rec), ce_scores, bm25_pool, rev in zip(chunk, ce, bm25, reverse):
-                gold = rec.gold_id - 1
-                res = QuestionResult(line_number, len(rec.documents), gold,
-                                     {"cross_encoder": gold_rank(ce_scores, gold), "bm25": gold_rank(bm25_pool, gold)})
+                res = question_result(line_number, rec, {"cross_encoder": ce_scores, "bm25": bm25_pool})
+                gold = res.gold_index
                 results.append(res)
                 docs_scored += res.pool_size
                 line = {"line_number": line_number, "pool_size": res.pool_size, "gold_id": rec.gold_id,

@@ -20,7 +20,7 @@ DEFAULT_LORA_TARGETS = ("att.receptance", "att.key", "att.value",
 #: precision, saving/eval/log cadence, workers, paths) may change; config.json records both values.
 RESUME_FIXED = ("bs", "grad_accum", "lr", "epochs", "max_steps", "warmup_steps", "min_lr_ratio", "weight_decay",
                 "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "loss", "group_by_length",
-                "seed", "eval_fraction")
+                "seed", "eval_fraction", "metric_for_best_model", "greater_is_better")
 
 
 @dataclass
@@ -56,6 +56,12 @@ class TrainConfig:
     eval_fraction: float = flag(0.02, "fraction of groups (questions) held out for evaluation (0: no evaluation)")
     eval_bs: int | None = flag(None, "rows per evaluation batch (default: --bs)")
     eval_at_start: bool = flag(False, "also evaluate before the first step (a baseline row in metrics.jsonl)")
+    metric_for_best_model: str | None = flag(None, "eval metric that picks OUT/best/ (any eval_* the trainer logs, e.g. eval_loss, eval_roc_auc, eval_mrr@10 with --eval_input_file); default eval_group_top1 (pool rows: eval_row_top1) with a held-out split, eval_mrr@10 with only --eval_input_file")
+    greater_is_better: bool | None = flag(None, "direction of --metric_for_best_model (default: lower is better for names ending _loss or _rank, else higher)")
+    early_stopping_patience: int | None = flag(None, "stop after this many evaluations in a row without an improvement of the best --metric_for_best_model by more than --early_stopping_threshold (default: never stop early)")
+    early_stopping_threshold: float = flag(0.0, "how much an evaluation must beat the best so far to reset the patience count")
+    eval_input_file: str | None = flag(None, "raw NQ pools (.jsonl[.zst], the input of stage 0): at each evaluation also rank them with the current weights as cross_encoder/2_evaluate_ce.py does and log eval_mrr@10, eval_ndcg@10, eval_recall@k, eval_mean_gold_rank and BM25's (eval_bm25_*)")
+    eval_pool_limit: int | None = flag(100, "--eval_input_file: read its first N lines (as 2_evaluate_ce.py --limit N; 0: all)")
     log_every: int = flag(10, "write a metrics.jsonl row (mean loss of the window) every this many steps")
     num_workers: int = flag(0, "DataLoader worker processes building batches (results do not depend on it)")
 

@@ -100,3 +100,10 @@ def pool_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> 
         "pairwise_accuracy": pairwise_accuracy(scores, labels, groups),
         "roc_auc": roc_auc(scores, labels),
     }
+
+
+def metric_names(is_pool: bool) -> list[str]:
+    """The names the trainer's held-out evaluation logs (`eval_loss` and these, prefixed `eval_`)."""
+    s, y, g = np.array([1.0, 0.0]), np.array([1, 0]), np.array([0, 0])  # any valid input: only the keys are used
+    keys = pool_metrics(s, y, g) if is_pool else all_metrics(s, y, g)
+    return ["eval_loss", *(f"eval_{k}" for k in keys)]

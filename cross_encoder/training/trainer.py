@@ -31,15 +31,17 @@ from cross_encoder.modeling.model import HEAD_NAME
 from cross_encoder.modeling.loading import architecture, check_architecture, model_fingerprint
 from cross_encoder.runtime import Runtime, maybe_no_sync, setup_runtime, teardown_runtime
 from cross_encoder.rwkv5 import load_rwkv5
-from cross_encoder.training.outputs.checkpoints import (FINAL_NAME, load_training_state, remove_stale_dirs,
-                                                rotate_checkpoints, save_checkpoint)
+from cross_encoder.training.best import BestTracker, resolve_metric
+from cross_encoder.training.outputs.checkpoints import (BEST_NAME, CHECKPOINT_RE, FINAL_NAME, checkpoint_step,
+                                                        load_training_state, remove_stale_dirs, rotate_checkpoints,
+                                                        save_checkpoint)
 from cross_encoder.training.config import TrainConfig
 from cross_encoder.training.data import (BatchDataset, PaddedRows, collate, dataset_fingerprint, group_spans,
                                          load_padded_dataset, plan_epoch, plan_eval, read_padding_meta, row_format,
                                          shard_for_rank, split_groups)
 from cross_encoder.training.outputs.log import MetricsWriter, plot_loss, truncate_metrics
 from cross_encoder.training.losses import ACCURACY_THRESHOLD, NEEDS_WHOLE_GROUPS, get_loss, resolve_loss
-from cross_encoder.training.metrics import all_metrics, pool_metrics
+from cross_encoder.training.metrics import all_metrics, metric_names, pool_metrics
 from cross_encoder.training.outputs.run_dir import (flag_differences, newest_note, other_differences, plan_resume,
                                             refuse_resume, saved_flags)
 from long_ctx.common.atomic import write_json
@@ -81,11 +83,18 @@ def _check_config(c: TrainConfig) -> None:
         raise ValueError("--max_steps must be at least 1")
     if c.max_steps is None and c.epochs < 1:
         raise ValueError("--epochs must be at least 1 (or pass --max_steps)")
+    if c.early_stopping_patience is not None and c.early_stopping_patience < 1:
+        raise ValueError("--early_stopping_patience must be at least 1")
+    if c.early_stopping_threshold < 0 or not math.isfinite(c.early_stopping_threshold):
+        raise ValueError("--early_stopping_threshold must be a finite number >= 0")
+    if c.eval_pool_limit is not None and c.eval_pool_limit < 0:
+        raise ValueError("--eval_pool_limit must be >= 0 (0: every line)")
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, rt: Runtime, on_step: Callable[[int], None] | None):
-        self.c, self.rt, self.on_step = config, rt, on_step
+    def __init__(self, config: TrainConfig, rt: Runtime, on_step: Callable[[int], None] | None,
+                 pool_eval: Any = None):
+        self.c, self.rt, self.on_step, self.pool_eval_cls = config, rt, on_step, pool_eval
         self.out = Path(config.output_dir)
         self.log = print if rt.is_main else (lambda *a, **k: None)
 
@@ -97,6 +106,8 @@ class _Trainer:
         # `--loss auto` is resolved from the rows' format before anything is compared or recorded.
         self.row_format = row_format(read_padding_meta(self.c.ds_dir))
         self.c = c = dataclasses.replace(self.c, loss=resolve_loss(self.c.loss, self.row_format))
+        self.resolve_best_metric()
+        c = self.c
         self.base = {"file": Path(c.model_file).name, "fingerprint": model_fingerprint(c.model_file)}
         plan = plan_resume(c)
         for note in plan.notes:
@@ -117,6 +128,22 @@ class _Trainer:
             refuse_resume(self.resume, fixed + base)
         for key, v in self.changed_flags.items():
             self.log(f"note: --{key} is {v['now']} now, {v['checkpoint']} when {self.resume.name} was written")
+
+    def resolve_best_metric(self) -> None:
+        """--metric_for_best_model checked against what this run logs, defaulted, with its
+        direction; recorded in the flags (a resume must select on the same)."""
+        c = self.c
+        if c.eval_input_file and self.pool_eval_cls is None:
+            raise UsageError("--eval_input_file needs the raw-pool evaluator: call trainer.main(config, "
+                             "pool_eval=cross_encoder.evaluation.raw_pools.RawPoolEval), as 1_peft_training_ce.py does")
+        is_pool = self.row_format == "pool"
+        self.row_metrics = metric_names(is_pool) if c.eval_fraction > 0 else []
+        pool = self.pool_eval_cls.metric_names() if c.eval_input_file else []
+        metric, greater = resolve_metric(c.metric_for_best_model, c.greater_is_better, self.row_metrics, pool,
+                                         "eval_row_top1" if is_pool else "eval_group_top1")
+        if c.early_stopping_patience is not None and metric is None:
+            raise UsageError("--early_stopping_patience needs an evaluation: --eval_fraction > 0 or --eval_input_file")
+        self.c = dataclasses.replace(c, metric_for_best_model=metric, greater_is_better=greater)
 
     def check_resume_data(self) -> None:
         if self.resume is not None:
@@ -141,6 +168,17 @@ class _Trainer:
                              f"{c.ctx_len}; pass --ctx_len {self.rows.max_length} or keep trimming on")
         self.spans = group_spans(self.rows)
         self.train_groups, self.eval_groups = split_groups(self.spans.n_groups, c.eval_fraction, c.seed)
+        if c.metric_for_best_model in self.row_metrics and self.eval_groups.size == 0:
+            raise ValueError(f"--eval_fraction {c.eval_fraction} holds out no group of {self.spans.n_groups}, so "
+                             f"{c.metric_for_best_model} is never computed; raise --eval_fraction or pick an "
+                             "--eval_input_file metric")
+        self.pool_eval = None
+        if c.eval_input_file:
+            self.pool_eval = self.pool_eval_cls(c.eval_input_file, c.eval_pool_limit, self.scoring_config(),
+                                                self.rt.rank, self.rt.world_size)
+        self.has_eval = bool(self.eval_groups.size) or self.pool_eval is not None
+        self.best = BestTracker(c.metric_for_best_model, c.greater_is_better, c.early_stopping_patience,
+                                c.early_stopping_threshold) if c.metric_for_best_model else None
         self.whole_groups = NEEDS_WHOLE_GROUPS[c.loss]
         self.width = None if c.trim_batches else self.rows.max_length
         eval_batches = plan_eval(self.spans, self.rows.lengths, self.eval_groups, c.eval_bs or c.bs)
@@ -188,6 +226,17 @@ class _Trainer:
             if rt.distributed else self.peft_model
         self.loss_fn = get_loss(c.loss)
 
+    def note_later_best(self) -> None:
+        """best/ written by the interrupted run after the step resumed from is redone with it."""
+        best = self.out / BEST_NAME
+        try:
+            step = checkpoint_step(best) if best.is_dir() else None
+        except (OSError, KeyError, TypeError, ValueError):
+            step = None
+        if step is not None and step > self.step:
+            self.log(f"note: {best} is from step {step}, after the resumed step {self.step}; it is rewritten when the "
+                     "run evaluates better again (the same weights, for the same run)")
+
     def check_model_fits(self, rwkv, resume: Path | None) -> None:
         top = int(self.rows.tokens.max()) if self.rows.tokens.size else 0
         if top >= rwkv.config.vocab_size:
@@ -218,7 +267,8 @@ class _Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rngs, "world_size": self.rt.world_size, "seed": self.c.seed,
                 "tokens_real": self.real_base + real, "tokens_processed": self.proc_base + proc,
-                "nonfinite": {"total": self.bad_total, "in_a_row": self.bad_in_a_row, "recent": self.bad_recent}}
+                "nonfinite": {"total": self.bad_total, "in_a_row": self.bad_in_a_row, "recent": self.bad_recent},
+                "best": self.best.state() if self.best else None}
 
     def restore(self, st: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(st["optimizer"])
@@ -227,6 +277,8 @@ class _Trainer:
         bad = st.get("nonfinite") or {}
         self.bad_total, self.bad_in_a_row = int(bad.get("total", 0)), int(bad.get("in_a_row", 0))
         self.bad_recent = list(bad.get("recent", []))
+        if self.best is not None:
+            self.best.restore(st.get("best"))
         if self.rt.is_main:
             self.real_base, self.proc_base = float(st["tokens_real"]), float(st["tokens_processed"])
         if st["world_size"] == self.rt.world_size:
@@ -242,14 +294,18 @@ class _Trainer:
             torch.manual_seed(self.c.seed + 1 + self.rt.rank + 1000 * self.step)
             self.pos = 0
 
+    def scoring_config(self) -> dict[str, Any]:
+        """What a Reranker needs of cross_encoder_config.json: special ids, row length and format."""
+        meta = self.rows.meta
+        return {"sep_token_id": int(meta["sep_token_id"]), "cls_token_id": int(meta["cls_token_id"]),
+                "pad_token_id": int(meta["pad_token_id"]), "max_length": int(meta["max_length"]),
+                **self.row_format_config()}
+
     def ce_config(self) -> dict[str, Any]:
         meta = self.rows.meta
         return {
             "format": "rwkv5-cross-encoder", "format_version": 1, "step": self.step, "epoch": self.epoch,
-            "sep_token_id": int(meta["sep_token_id"]), "cls_token_id": int(meta["cls_token_id"]),
-            "pad_token_id": int(meta["pad_token_id"]), "max_length": int(meta["max_length"]),
-            "is_truncate": meta.get("is_truncate"), "ctx_len": self.c.ctx_len,
-            **self.row_format_config(),
+            **self.scoring_config(), "is_truncate": meta.get("is_truncate"), "ctx_len": self.c.ctx_len,
             "loss": self.c.loss, "accuracy_threshold": ACCURACY_THRESHOLD[self.c.loss],
             "lora": self.lora_settings, "model": dataclasses.asdict(self.model_config),
             "base_model_file": Path(self.c.model_file).name, "dataset": str(self.c.ds_dir),
@@ -277,8 +333,11 @@ class _Trainer:
                                    f"saved; {newest_note(self.c)}. Lower --lr or keep --max_grad_norm > 0")
         state = self.training_state()  # collective: every process takes part
         if self.rt.is_main:
-            save_checkpoint(path, self.peft_model, self.ce_config(), state, metrics)
-            if path.name != FINAL_NAME:
+            ce_config = self.ce_config()
+            if path.name == BEST_NAME:  # which evaluation made it the best (the card shows its metrics)
+                ce_config["best"] = self.best.summary()
+            save_checkpoint(path, self.peft_model, ce_config, state, metrics)
+            if CHECKPOINT_RE.match(path.name):
                 rotate_checkpoints(self.out, self.c.save_total_limit)
         self.rt.barrier()
 
@@ -319,8 +378,30 @@ class _Trainer:
         dev = self.rt.device
         return {k: mb[k].to(dev) for k in ("input_ids", "lengths", "score_rows", "score_pos")}
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """The held-out split's metrics and the raw pools' (--eval_input_file); every process
+        scores a share, and all continue with rank 0's numbers (which decide best/ and early
+        stopping, so every process must take the same decision)."""
+        out: dict[str, float] = self.evaluate_rows() if self.eval_groups.size else {}
+        if self.pool_eval is not None:
+            with self.rt.autocast():
+                out.update(self.pool_eval.evaluate(self.peft_model, self.rt.gather_objects))
+            self.peft_model.train()
+        return self.rt.gather_objects(out)[0]
+
+    def track_best(self) -> dict[str, Any]:
+        """After an evaluation: rewrite best/ when it is the best so far; the row's best_* fields."""
+        if self.best is None:
+            return {}
+        if self.best.update(self.step, self.last_eval):
+            self.save(self.out / BEST_NAME, self.last_eval)
+        row = self.best.row()
+        if self.best.stop_reason:
+            row["early_stop"] = self.best.stop_reason
+        return row
+
+    @torch.no_grad()
+    def evaluate_rows(self) -> dict[str, float]:
         """Loss and metrics on the held-out groups (every process scores a share)."""
         model = self.peft_model  # not the DDP wrapper: no gradient sync in evaluation
         model.eval()
@@ -366,6 +447,7 @@ class _Trainer:
         torch.manual_seed(c.seed + 1 + rt.rank)
         if resume is not None:
             self.restore(self.resume_state)
+            self.note_later_best()
         start_step = self.step
         if rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -377,9 +459,15 @@ class _Trainer:
             write_json(self.out / "config.json", self.run_config(resume))
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", fresh=resume is None) if rt.is_main else None
         kind = f"pool rows ({self.rows.score_pos.size} documents)" if self.rows.is_pool else "rows"
+        pools = f" + {self.pool_eval.describe()} of {c.eval_input_file}" if self.pool_eval else ""
         self.log(f"{self.rows.n_rows} {kind} in {self.spans.n_groups} groups: {self.train_groups.size} groups train, "
-                 f"{self.eval_groups.size} eval | trainable {self.n_trainable:,} of {self.n_total:,} params | "
+                 f"{self.eval_groups.size} eval{pools} | trainable {self.n_trainable:,} of {self.n_total:,} params | "
                  f"{self.total_steps} steps, {rt.world_size} process(es) on {rt.device}, {rt.precision}")
+        if self.best is not None:
+            self.log(f"best checkpoint: {c.metric_for_best_model} ({'higher' if c.greater_is_better else 'lower'} is "
+                     f"better) -> {self.out / BEST_NAME}"
+                     + (f"; early stopping after {c.early_stopping_patience} evaluations without improvement"
+                        if c.early_stopping_patience else ""))
         try:
             self.loop()
             return self.finish(start_step)
@@ -389,10 +477,16 @@ class _Trainer:
 
     def loop(self) -> None:
         c, rt = self.c, self.rt
-        if c.eval_at_start and self.step == 0 and self.eval_groups.size:
-            self.write_row({"step": 0, "loss": None, "lr": self.scheduler.get_last_lr()[0], **self.evaluate()})
         self.t0 = time.perf_counter()
         self.last_eval_step, self.last_eval = -1, {}
+        self.stopped_early = self.best.stop_reason if self.best else None
+        if self.stopped_early:  # a run that stopped early, resumed: nothing left to do
+            self.log(self.stopped_early)
+            return
+        if c.eval_at_start and self.step == 0 and self.has_eval:
+            self.last_eval = self.evaluate()
+            self.write_row({"step": 0, "loss": None, "lr": self.scheduler.get_last_lr()[0], **self.last_eval,
+                            **self.track_best()})
         win_loss, win_steps = 0.0, 0
         bar = progress_bar(total=self.total_steps, initial=self.step, desc="training", unit="step",
                            disable=not rt.is_main)
@@ -429,13 +523,14 @@ class _Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                     tok_s=f"{self.real_local * rt.world_size / elapsed:,.0f}")
                 last = self.step >= self.total_steps or self.epoch_done()
-                do_eval = self.eval_groups.size > 0 and (last or (c.eval_every > 0 and self.step % c.eval_every == 0))
+                do_eval = self.has_eval and (last or (c.eval_every > 0 and self.step % c.eval_every == 0))
                 if self.step % c.log_every == 0 or do_eval or last:
                     row = self.train_row(win_loss / win_steps if win_steps else None, norm, lr, elapsed)
                     if do_eval:
                         self.last_eval = self.evaluate()
                         row.update(self.last_eval)
                         self.last_eval_step = self.step
+                        row.update(self.track_best())
                     self.write_row(row)
                     win_loss, win_steps = 0.0, 0
                 if c.save_every > 0 and self.step % c.save_every == 0:
@@ -443,12 +538,15 @@ class _Trainer:
                     self.save(self.out / f"checkpoint-{self.step}", at_step)
                 if self.on_step is not None:
                     self.on_step(self.step)
-                if epoch_ended:
+                self.stopped_early = self.best.stop_reason if do_eval and self.best else None
+                if epoch_ended or self.stopped_early:
                     break
             del it, loader
-            if self.epoch_done():
+            if self.epoch_done() or self.stopped_early:
                 break
         bar.close()
+        if self.stopped_early:
+            self.log(f"step {self.step}: {self.stopped_early}")
 
     def skipped(self, loss: float, norm: float) -> None:
         """Count a step that made no update; stop once NONFINITE_LIMIT came in a row."""
@@ -495,11 +593,12 @@ class _Trainer:
     def finish(self, start_step: int) -> dict[str, Any]:
         rt = self.rt
         final_eval = {}
-        if self.eval_groups.size and self.last_eval_step != self.step:
+        if self.has_eval and self.last_eval_step != self.step:
             # Only when no step ran (a finished run resumed again); otherwise the last step evaluated.
+            # The same step again: not another evaluation for best/ or the patience count.
             final_eval = self.evaluate()
             self.write_row({"step": self.step, "loss": None, "lr": self.scheduler.get_last_lr()[0], **final_eval})
-        elif self.eval_groups.size:
+        elif self.has_eval:
             final_eval = self.last_eval
         self.save(self.out / FINAL_NAME, final_eval)
         elapsed = time.perf_counter() - self.t0
@@ -509,26 +608,32 @@ class _Trainer:
                    "tokens_real": real, "tokens_processed": proc,
                    "processed_over_real": proc / real if real else None, "elapsed_s": elapsed,
                    "final_dir": str(self.out / FINAL_NAME), **final_eval}
+        outcome = {"best": self.best.summary() if self.best else None, "stopped_early": self.stopped_early}
+        summary.update(outcome, best_dir=str(self.out / BEST_NAME) if self.best and self.best.step is not None else None)
         if rt.is_main:
+            write_json(self.out / "config.json", {**self.run_config(self.resume), "outcome": outcome})
             plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
             ev = " | ".join(f"{k[5:]} {v:.4f}" for k, v in final_eval.items()
                             if isinstance(v, float) and k != "eval_rows")
             self.log(f"done: steps {start_step}->{self.step} in {elapsed:.1f}s | tokens real {real:,.0f}, "
                      f"processed {proc:,.0f} ({summary['processed_over_real'] or 0:.2f}x) | "
                      f"{real / max(elapsed, 1e-9):,.0f} real tok/s" + (f"\neval: {ev}" if ev else ""))
+            if summary["best_dir"]:
+                self.log(f"best: step {self.best.step}, {self.best.metric} {self.best.value:.4f} -> {summary['best_dir']}")
             self.log(f"outputs: {self.out / FINAL_NAME}, {self.out / 'metrics.jsonl'}, {self.out / 'loss.png'}, "
                      f"{self.out / 'config.json'}")
         return summary
 
 
-def main(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+def main(config: TrainConfig, on_step: Callable[[int], None] | None = None, pool_eval: Any = None) -> dict[str, Any]:
     """Train (or continue training) a cross-encoder adapter; returns a summary dict.
 
     `on_step(step)` runs after every optimizer step (after any checkpoint of that step), e.g. to
-    stop or inspect a run from Python.
+    stop or inspect a run from Python. `pool_eval`: the raw-pool evaluator that --eval_input_file
+    needs (`cross_encoder.evaluation.raw_pools.RawPoolEval`: training never imports evaluation).
     """
     rt = setup_runtime(config.device, config.precision)
     try:
-        return _Trainer(config, rt, on_step).run()
+        return _Trainer(config, rt, on_step, pool_eval).run()
     finally:
         teardown_runtime(rt)

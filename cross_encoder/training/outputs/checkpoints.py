@@ -16,6 +16,7 @@ import torch
 
 from cross_encoder.modeling.adapter_dirs import (  # noqa: F401
     ADAPTER_FILES,
+    BEST_NAME,
     CE_CONFIG_NAME,
     CHECKPOINT_RE,
     FINAL_NAME,
@@ -30,7 +31,7 @@ from long_ctx.common.atomic import atomic_dir, remove_stale_temps, write_json
 
 # Leftovers of a process killed while writing/replacing/deleting a checkpoint: atomic_dir's
 # `.NAME.<pid>.<random>.tmp` and `.NAME.old-<pid>`, rotate_checkpoints' `.NAME.<pid>.deleting.tmp`.
-STALE_RE = re.compile(r"^\.(checkpoint-\d+|final)\.")
+STALE_RE = re.compile(r"^\.(checkpoint-\d+|final|best)\.")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

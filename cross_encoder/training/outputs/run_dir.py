@@ -2,13 +2,13 @@
 which checkpoint a resume continues (and whether it may).
 
 The trainer writes into --output_dir, never replacing the folder as a whole: `config.json`,
-`metrics.jsonl`, `loss.png`, `checkpoint-<step>/` and `final/`. It replaces only what it
+`metrics.jsonl`, `loss.png`, `checkpoint-<step>/`, `final/` and `best/`. It replaces only what it
 recognises as its own earlier output:
 - `config.json`: a JSON object holding the trainer's keys (`model_file`, `ds_dir`, `output_dir`,
   `lora_ckpt`, `resolved`);
 - `metrics.jsonl` and `loss.png`: only beside such a `config.json` (they are written after it),
   and every line of `metrics.jsonl` a JSON object with `step` and `lr`;
-- `checkpoint-<step>/`, `final/`: empty, or holding nothing but a checkpoint's own files, and not a
+- `checkpoint-<step>/`, `final/`, `best/`: empty, or holding nothing but a checkpoint's own files, and not a
   finished adapter without its `training_state.pt` (it cannot be continued, so it would be
   replaced by a retrained one).
 Anything else at one of those names is a one-line `UsageError` saying what to do; other files
@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from cross_encoder.modeling.adapter_dirs import (CHECKPOINT_RE, FINAL_NAME, Found, adapter_problem, find_adapter,
+from cross_encoder.modeling.adapter_dirs import (BEST_NAME, CHECKPOINT_RE, FINAL_NAME, Found, adapter_problem, find_adapter,
                                                  foreign_entries)
 from cross_encoder.training.config import RESUME_FIXED, TrainConfig
 from long_ctx.common.atomic import check_writable, is_inside
@@ -61,7 +61,7 @@ def is_own_metrics(path: Path) -> bool:
 def check_output_dir(out: Path, ds_dir: str | Path) -> list[Path]:
     """Refuse an output folder holding, at a name the trainer writes, something not its own.
 
-    Returns the checkpoint-named folders already there (final/, checkpoint-<step>/, non-empty).
+    Returns the checkpoint-named folders already there (final/, best/, checkpoint-<step>/, non-empty).
     """
     move = "move it elsewhere or choose another --output_dir"
     if out.exists() and not out.is_dir():
@@ -82,7 +82,7 @@ def check_output_dir(out: Path, ds_dir: str | Path) -> list[Path]:
                              f"it never writes) and would be overwritten; {move}")
     existing = []
     for p in sorted(out.iterdir()):
-        if not (p.name == FINAL_NAME or CHECKPOINT_RE.match(p.name)):
+        if not (p.name in (FINAL_NAME, BEST_NAME) or CHECKPOINT_RE.match(p.name)):
             continue
         if not p.is_dir():
             raise UsageError(f"{p} is a file where the trainer writes a checkpoint folder; {move}")
