@@ -11,13 +11,13 @@ import shutil
 import orjson
 import pytest
 import yaml
-from eval_helpers import SAMPLE, tiny_checkpoint, toy_padded_dataset
+from eval_helpers import SAMPLE, shared_assets, tiny_checkpoint, toy_padded_dataset
 from trainer_helpers import adapter_weights, assert_same_adapter, read_metrics_rows, tiny_model, toy_config, toy_dataset
 
 from cross_encoder.evaluation.evaluator import EvalConfig
 from cross_encoder.evaluation.evaluator import main as evaluate
 from cross_encoder.evaluation.raw_pools import RawPoolEval
-from cross_encoder.modeling import resolve_adapter_dir
+from cross_encoder.modeling import load_cross_encoder, resolve_adapter_dir
 from cross_encoder.training.trainer import main as train
 from long_ctx.common.cli import UsageError
 
@@ -172,3 +172,16 @@ def test_raw_pool_metrics_equal_the_evaluator_on_the_saved_checkpoints(tmp_path)
     res = evaluate(EvalConfig(model_file=str(model), adapter=str(out), input_file=str(SAMPLE), limit=limit,
                               output_json=str(tmp_path / "e2.json"), progress=False))
     assert res["model"]["step"] == best_step
+
+
+def test_raw_pools_split_over_two_processes_give_the_one_process_metrics():
+    """Under DDP each process ranks every second question batch and the ranks are gathered: the
+    same numbers as one process (here both processes' shares in one, the gather simulated)."""
+    model_file, adapter = shared_assets()
+    model, ce_config = load_cross_encoder(model_file, adapter, merge=False)
+    one = RawPoolEval(SAMPLE, 20, ce_config).evaluate(model, lambda mine: [mine])
+    shares = []
+    RawPoolEval(SAMPLE, 20, ce_config, rank=1, world_size=2).evaluate(model, lambda mine: shares.append(mine) or [mine])
+    two = RawPoolEval(SAMPLE, 20, ce_config, rank=0, world_size=2).evaluate(model, lambda mine: [mine, shares[0]])
+    assert 0 < len(shares[0]) < one["eval_pools"] == 20
+    assert two == one

@@ -26,7 +26,8 @@ def test_torchrun_two_process_gloo_matches_single_process(tmp_path):
     single = tmp_path / "single"
     main(TrainConfig(model_file=str(model_file), ds_dir=str(ds), output_dir=str(single), ctx_len=64, bs=6,
                      lr=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0, eval_fraction=0.25, eval_every=2,
-                     log_every=1, save_every=0, seed=0, max_steps=4, device="cpu"))
+                     log_every=1, save_every=0, seed=0, max_steps=4, device="cpu", metric_for_best_model="eval_loss",
+                     greater_is_better=True, early_stopping_patience=1))
     a = load_file(str(out / "final" / "adapter_model.safetensors"))
     b = load_file(str(single / "final" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
@@ -36,3 +37,8 @@ def test_torchrun_two_process_gloo_matches_single_process(tmp_path):
     for r, s in zip(rows, singles):  # per-step losses are the mean over both processes
         assert abs(r["loss"] - s["loss"]) < 1e-4
         assert abs(r.get("eval_loss", 0.0) - s.get("eval_loss", 0.0)) < 1e-4
+    # best/ and early stopping: the same decisions as one process, taken by both processes together.
+    for key in ("best_step", "evals_without_improvement", "early_stop"):
+        assert [r.get(key) for r in rows] == [s.get(key) for s in singles], key
+    step = lambda d: orjson.loads((d / "best" / "cross_encoder_config.json").read_bytes())["step"]  # noqa: E731
+    assert step(out) == step(single)

@@ -267,11 +267,13 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 def ddp_args(model_file, ds, out, bs: int = 3) -> list[str]:
     """The trainer flags of the DDP tests: 4 steps, eval and save every 2, dropout off (so runs on
-    different process layouts are comparable)."""
+    different process layouts are comparable); best/ by the highest eval loss, stopping after one
+    evaluation without improvement (all processes must take both decisions together)."""
     return ["--model_file", str(model_file), "--ds_dir", str(ds), "--output_dir", str(out), "--ctx_len", "64",
             "--lr", "5e-3", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--eval_fraction", "0.25",
             "--eval_every", "2", "--log_every", "1", "--save_every", "2", "--seed", "0", "--max_steps", "4",
-            "--device", "cpu", "--bs", str(bs)]
+            "--device", "cpu", "--bs", str(bs), "--metric_for_best_model", "eval_loss", "--greater_is_better",
+            "--early_stopping_patience", "1"]
 
 
 def torchrun_env() -> dict:

@@ -73,7 +73,8 @@ class BestTracker:
         if self.patience is None or self.evals_without_improvement < self.patience:
             return None
         by = f" by more than {self.threshold:g}" if self.threshold else ""
-        return (f"early stopping: {self.metric} did not improve{by} for {self.evals_without_improvement} evaluations "
+        n = self.evals_without_improvement
+        return (f"early stopping: {self.metric} did not improve{by} for {n} evaluation{'s' * (n != 1)} "
                 f"(--early_stopping_patience {self.patience}); best {self.value} at step {self.step}")
 
     def row(self) -> dict[str, Any]:
