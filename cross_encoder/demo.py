@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from cross_encoder.modeling.adapter_dirs import CHECKPOINT_RE, FINAL_NAME
+from cross_encoder.modeling.adapter_dirs import BEST_NAME, CE_CONFIG_NAME, CHECKPOINT_RE, FINAL_NAME
+from cross_encoder.training.outputs.log import read_metrics
 from cross_encoder.training.outputs.run_dir import CONFIG_NAME, METRICS_NAME, PLOT_NAME, check_output_dir
 from long_ctx.common.atomic import atomic_file, write_json
 from long_ctx.common.cli import UsageError
@@ -143,7 +144,7 @@ def clear_training_output(path: Path, ds_dir: Path) -> None:
         check_output_dir(path, ds_dir)
     except UsageError as exc:
         raise DemoError(f"{exc} (the demo only clears its own training output)") from None
-    own = [p for p in path.iterdir() if p.name in (CONFIG_NAME, METRICS_NAME, PLOT_NAME, FINAL_NAME)
+    own = [p for p in path.iterdir() if p.name in (CONFIG_NAME, METRICS_NAME, PLOT_NAME, FINAL_NAME, BEST_NAME)
            or CHECKPOINT_RE.match(p.name)]
     if own:
         print(f"\nremoving the previous run's training output in {path}", flush=True)
@@ -199,6 +200,22 @@ def _random_model(runner: _Runner, title: str, path: Path, n_layer: int, n_embd:
         "-c", "from cross_encoder.rwkv5 import write_random_checkpoint; "
               f"write_random_checkpoint({_show(path)!r}, n_layer={n_layer}, n_embd={n_embd}, "
               f"head_size={head_size}, seed={seed})"])
+
+
+def best_checkpoint(train: Path) -> dict[str, Any] | None:
+    """What `--adapter OUT` uses when the run kept a best/ (its step, metric and value), printed
+    with the steps that were evaluated; None when the run kept none (then final/ is used)."""
+    best = train / BEST_NAME / CE_CONFIG_NAME
+    if not best.is_file():
+        print(f"\n{_show(train)} has no best/ (nothing was evaluated): --adapter {_show(train)} uses its final/",
+              flush=True)
+        return None
+    info = orjson.loads(best.read_bytes())["best"]
+    evaluated = [r["step"] for r in read_metrics(train / METRICS_NAME) if info["metric"] in r]
+    print(f"\n--adapter {_show(train)} uses {_show(train / BEST_NAME)}: step {info['step']}, the best {info['metric']} "
+          f"({info['value']:.4f}, {'higher' if info['greater_is_better'] else 'lower'} is better) of the "
+          f"evaluations at steps {', '.join(map(str, evaluated))}", flush=True)
+    return info
 
 
 def _metrics(res: dict[str, Any]) -> dict[str, Any]:
@@ -272,8 +289,9 @@ def main(config: DemoConfig) -> dict[str, Any]:
         "--lora_alpha", 2 * size.lora_r, "--lora_dropout", 0.0, "--loss", "grouped", "--group_by_length",
         "--eval_fraction", 0.1, "--eval_every", size.eval_every, "--save_every", 0, "--log_every", 5,
         "--device", "cpu", "--seed", config.seed])
+    best = best_checkpoint(train)
     eval_args = ["cross_encoder/2_evaluate_ce.py", "--model_file", _show(model_file),
-                 "--adapter", _show(train / "final"), "--input_file", _show(data / "held_out.jsonl"),
+                 "--adapter", _show(train), "--input_file", _show(data / "held_out.jsonl"),
                  "--output_json", _show(results), "--output_plot", _show(plot), "--device", "cpu"]
     if size.max_docs:
         eval_args += ["--max_docs", size.max_docs]
@@ -292,7 +310,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
     summary = {
         "mode": mode, "seed": config.seed, "out": str(out), "max_length": max_length,
         "train_lines": n_train, "held_out_lines": n_held, "steps": runner.steps,
-        "metrics": _metrics(res), "results_json": str(results),
+        "metrics": _metrics(res), "results_json": str(results), "best": best,
         "window": {**window, "metrics": _metrics(wres)},
         "plots": {k: str(v) for k, v in plots.items()},
         "elapsed_s": round(time.perf_counter() - start, 1), "config": dataclasses.asdict(config),

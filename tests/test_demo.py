@@ -46,9 +46,15 @@ def test_quick_demo_end_to_end(tmp_path):
         with open(path, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n", path
     assert (out / "train" / "final" / "adapter_model.safetensors").is_file()
+    # The evaluation used best/ (--adapter OUT/train), and the demo said which step it is.
+    best = orjson.loads((out / "train" / "best" / "cross_encoder_config.json").read_bytes())
+    assert summary["best"] == best["best"] and best["best"]["metric"] == "eval_group_top1"
+    assert f"uses {out.relative_to(REPO) if out.is_relative_to(REPO) else out}/train/best: step {best['step']}" \
+        in proc.stdout
     padding = orjson.loads((out / "stage2" / "padding.json").read_bytes())
     assert padding["max_length"] == summary["max_length"] and padding["truncated_rows"] == 0
     results = orjson.loads((out / "eval" / "results.json").read_bytes())
+    assert results["model"]["step"] == best["step"]
     assert results["num_questions"] == summary["held_out_lines"] - sum(results["skipped"].values()) > 0
     largest_pool = results["pool_size"]["max"]
     for system in ("cross_encoder", "bm25"):
@@ -81,6 +87,7 @@ def test_a_rerun_replaces_only_training_output(tmp_path):
     old = tmp_path / "train"
     (old / "final").mkdir(parents=True)
     (old / "checkpoint-5").mkdir()
+    (old / "best").mkdir()
     (old / "config.json").write_text(orjson.dumps({"model_file": "m.pth", "ds_dir": str(ds), "output_dir": str(old),
                                                    "lora_ckpt": None, "resolved": {}}).decode())
     (old / "metrics.jsonl").write_text('{"step": 5, "lr": 0.1, "loss": 0.5}\n')
