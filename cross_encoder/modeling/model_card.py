@@ -25,7 +25,7 @@ CARD_NAME = "README.md"
 TAGS = ("reranker", "cross-encoder", "rwkv", "rwkv5")
 PIPELINE_TAG = "text-ranking"
 #: Eval keys that count the held-out set rather than measure the model: in the text, not in `metrics`.
-COUNT_KEYS = ("eval_rows", "eval_groups", "eval_documents")
+COUNT_KEYS = ("eval_rows", "eval_groups", "eval_documents", "eval_pools")
 #: Training settings shown in the card, in this order: (flag, label).
 SETTINGS = (("loss", "loss"), ("lr", "peak learning rate"), ("warmup_steps", "warmup steps"),
             ("min_lr_ratio", "cosine floor (x lr)"), ("bs", "rows per micro-batch per process"),
