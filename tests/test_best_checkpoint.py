@@ -100,6 +100,10 @@ def test_unknown_metric_and_early_stopping_without_evaluation_are_one_line_error
     with pytest.raises(UsageError, match="needs an evaluation"):
         train(toy_config(assets, tmp_path / "b", max_steps=1, eval_fraction=0.0, early_stopping_patience=1))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any work
+    # Raw text needs the World vocabulary; the toy model has 64 ids.
+    with pytest.raises(ValueError, match="--eval_input_file has RWKV World token id .* vocabulary is 64"):
+        train(toy_config(assets, tmp_path / "c", max_steps=1, eval_input_file=str(SAMPLE), eval_pool_limit=1),
+              pool_eval=RawPoolEval)
 
 
 class Interrupt(Exception):

@@ -81,6 +81,8 @@ class RawPoolEval:
         mine = [rec for c in chunks for _, rec in c]
         self.tokenizer = _Pretokenized(get_tokenizer(), [r.question for r in mine],
                                        [d for r in mine for d in r.documents])
+        #: The largest token id of these pools (the model's vocabulary must hold it).
+        self.max_token_id = max((max(ids, default=0) for ids in self.tokenizer.ids.values()), default=0)
 
     def describe(self) -> str:
         skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))

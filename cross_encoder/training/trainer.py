@@ -242,6 +242,10 @@ class _Trainer:
         if top >= rwkv.config.vocab_size:
             raise ValueError(f"the dataset has token id {top} but the model's vocabulary is {rwkv.config.vocab_size}; "
                              "use a base model with the RWKV World vocabulary (65536)")
+        if self.pool_eval is not None and self.pool_eval.max_token_id >= rwkv.config.vocab_size:
+            raise ValueError(f"--eval_input_file has RWKV World token id {self.pool_eval.max_token_id} but the model's "
+                             f"vocabulary is {rwkv.config.vocab_size}; use a base model with the World vocabulary "
+                             "(65536)")
         if resume is not None:  # a legacy .pth is only inspected now that it is loaded
             check_architecture(rwkv.config, self.resume_ce, self.c.model_file, resume)
 
