@@ -290,8 +290,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(assets, fini
     assert f"skipping damaged {out / 'checkpoint-4'}: {damaged} is damaged" in printed
     assert f"resuming from {out / 'checkpoint-2'} (step 2), the newest intact checkpoint" in printed
     assert_same(adapter(finished / "final"), adapter(out / "final"))  # and it is still exact
-    # Evaluation's --adapter OUT resolution: a damaged final/ falls back to the newest checkpoint.
+    # Evaluation's --adapter OUT resolution: a damaged final/ falls back to the newest checkpoint
+    # (best/, which comes first, is damaged too here; its own order: tests/test_best_checkpoint.py).
     truncate(out / "final" / "adapter_model.safetensors")
+    truncate(out / "best" / "adapter_model.safetensors")
     model, cfg = load_cross_encoder(assets[0], out)
     assert cfg["step"] == 6 and "note: using" in capsys.readouterr().err
     with pytest.raises(ValueError, match="adapter_model.safetensors is damaged"):
