@@ -102,7 +102,7 @@ def test_empty_lora_ckpt_dir_and_finished_run(assets, tmp_path, capsys):
     main(config(assets, out, max_steps=5, save_every=1, save_total_limit=2, lora_ckpt=str(empty)))
     assert "holds no checkpoint" in capsys.readouterr().out
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["checkpoint-4", "checkpoint-5", "config.json", "final", "loss.png", "metrics.jsonl"]
+    assert names == ["best", "checkpoint-4", "checkpoint-5", "config.json", "final", "loss.png", "metrics.jsonl"]
     for name in ("checkpoint-4", "final"):  # every kept folder is usable on its own
         model, cfg = load_cross_encoder(assets[0], out / name)
         assert cfg["step"] == (4 if name == "checkpoint-4" else 5)
