@@ -16,18 +16,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
-import orjson
-import zstandard
 
-from long_ctx.common.atomic import atomic_file, check_output_file, write_json
+from long_ctx.common.atomic import write_json
 from long_ctx.common.cli import flag
-from long_ctx.common.line_reader import InputFileError, LineReader, check_input_file, is_zstd_path
+from long_ctx.common.line_reader import InputFileError, LineReader, check_input_file
 from long_ctx.common.ordered_pool import ordered_imap
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import TOKENIZERS
+from long_ctx.stage0.easy_pool import EasyPool
+from long_ctx.stage0.export import OUTPUT_FORMATS, check_output, encode, open_sink, stats_path
+from long_ctx.stage0.mining import MiningSpec, MiningStats, WordStats, mining_lines, validate_mining, word_lines
 from long_ctx.stage0.modes import MODE_NAMES, get_mode, view_of
 from long_ctx.stage0.modes.pool import DOC_ORDERS
 from long_ctx.stage0.modes.window import GOLD_POSITIONS
@@ -46,8 +47,21 @@ IN_FLIGHT_BYTES = 96 << 20
 # skips the fork server's start-up (measured: a 480-line run took 0.86 s forked, 1.44 s from a fork
 # server).
 START_METHOD = "fork"
-#: zstd level of an output named *.zst (fast; the main process compresses while workers parse).
-ZSTD_LEVEL = 3
+#: The mining flags each mode honours (others are refused), and the output formats it writes.
+MODE_MINING_FLAGS = {
+    "passage": ("negative_range", "max_score_ratio", "negative_mix", "match_length"),
+    "pool": ("negative_range", "max_score_ratio", "match_length"),
+    "window": ("max_score_ratio",),
+}
+MODE_FORMATS = {"passage": OUTPUT_FORMATS, "pool": OUTPUT_FORMATS, "window": ("native",)}
+#: Why a mode cannot honour a flag (the error says so).
+_WHY_NOT = {
+    ("pool", "negative_mix"): "a pool row holds one question's own pool, so it has no easy negatives of other records",
+    ("window", "negative_range"): "window negatives are runs of documents chosen by their best document",
+    ("window", "negative_mix"): "window negatives are runs of the record's own documents",
+    ("window", "match_length"): "windows are already matched to the positive's tokens by --context_tolerance",
+    ("window", "output_format"): "a window row has no one BM25 score per negative",
+}
 
 
 @dataclass
@@ -68,6 +82,11 @@ class Stage0Config:
     gold_position: str = flag("uniform", "--mode window: uniform = the gold's offset in its window spread uniformly over [0, 1) (seeded); natural = as in the pool's own order", choices=GOLD_POSITIONS)
     pool_docs: int = flag(0, "--mode pool: documents per row, the gold + K-1 negatives chosen by --negative_strategy (0 = every usable document of the pool)")
     doc_order: str = flag("shuffled", "--mode pool: order of a row's documents: shuffled (seeded by seed and line number), original (the pool's), bm25 (descending score)", choices=DOC_ORDERS)
+    negative_range: str | None = flag(None, "A-B: negatives only among the candidates ranked A..B by BM25 (1-based, inclusive; like FlagEmbedding's --range_for_sampling 2-200); the strategy then picks inside the range", metavar="A-B")
+    max_score_ratio: float | None = flag(None, "R in (0, 1]: drop candidates whose BM25 score is >= R x the gold's (a guard against unlabelled positives, like sentence-transformers' relative_margin = 1 - R)", metavar="R")
+    negative_mix: str | None = flag(None, "E:M:H: --num_negatives split in this ratio (largest remainders): hard = hardest in --negative_range, medium = random from the record's pool, easy = random documents of earlier records (docs/stage0.md); replaces --negative_strategy", metavar="E:M:H")
+    match_length: float | None = flag(None, "TOL: negatives only among candidates whose word count (str.split()) is within +-TOL x the positive's, so that length does not give the label away (e.g. 0.2)", metavar="TOL")
+    output_format: str = flag("native", "native: stage 0's jsonl (what stages 1-2 read); flag_embedding: FlagEmbedding's {query, pos, neg, pos_scores, neg_scores} jsonl; sentence_transformers: a parquet dataset folder (query, positive, negative_1..K) at --output_file", choices=OUTPUT_FORMATS)
     limit: int | None = flag(None, "read at most this many input lines")
     progress: bool = flag(True, "hide the progress bar", cli_name="no_progress", action="store_false")
 
@@ -98,17 +117,33 @@ class Stage0Config:
             raise ValueError(f"--context_tolerance must be in [0, 1), got {self.context_tolerance}")
         if self.gold_position not in GOLD_POSITIONS:
             raise ValueError(f"--gold_position must be one of {', '.join(GOLD_POSITIONS)}, got {self.gold_position!r}")
+        validate_mining(self)
+        for name in ("negative_range", "max_score_ratio", "negative_mix", "match_length"):
+            if getattr(self, name) is not None and name not in MODE_MINING_FLAGS[self.mode]:
+                raise ValueError(f"--{name} does not apply to --mode {self.mode}: {_WHY_NOT[self.mode, name]}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"--output_format must be one of {', '.join(OUTPUT_FORMATS)}")
+        if self.output_format not in MODE_FORMATS[self.mode]:
+            raise ValueError(f"--output_format {self.output_format} does not apply to --mode {self.mode}: "
+                             f"{_WHY_NOT[self.mode, 'output_format']}")
+        if self.output_format == "sentence_transformers" and self.mode == "pool" and self.pool_docs == 0:
+            raise ValueError("--output_format sentence_transformers needs a fixed number of negatives per row: "
+                             "give --pool_docs K (K - 1 negative columns)")
 
     def check_paths(self) -> None:
-        """Before any work: the input can be read, both outputs can be written and hit no input."""
+        """Before any work: the input can be read, the outputs can be written and hit no input."""
         check_input_file(self.input_file)
-        check_output_file(self.output_file, [self.input_file])
-        check_output_file(stats_path(self.output_file), [self.input_file], flag="--output_file's stats file")
+        check_output(self.output_file, self.output_format, self.input_file)
+
+    def negatives_per_row(self) -> int:
+        """K of the sentence_transformers columns negative_1..K."""
+        return self.pool_docs - 1 if self.mode == "pool" else self.num_negatives
 
 
-# (line_number, output line or None, skip reason or None, documents in the record (0 if it did
-# not parse), documents left out as identical to the positive, the mode's per-record info)
-Result = tuple[int, "bytes | None", "str | None", int, int, "dict | None"]
+# (line_number, what the sink writes (`export.encode`; the output object itself while the main
+# process still has to finish it) or None, skip reason or None, documents in the record (0 if it
+# did not parse), documents left out as identical to the positive, the mode's per-record info)
+Result = tuple[int, object, "str | None", int, int, "dict | None"]
 
 
 def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
@@ -124,8 +159,8 @@ def process_line(line_number: int, line: bytes, cfg: Stage0Config) -> Result:
         # A record that parsed but gives no output still counts its documents (and duplicates).
         n_docs = len(rec.documents) if rec is not None else 0
         return line_number, None, skip.reason, n_docs, n_identical if rec is not None else 0, None
-    line_out = orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
-    return line_number, line_out, None, len(rec.documents), n_identical, info
+    payload = out if "pending" in info else encode(cfg.output_format, out, info)
+    return line_number, payload, None, len(rec.documents), n_identical, info
 
 
 _worker_cfg: Stage0Config | None = None
@@ -199,22 +234,9 @@ def _doc_summary(counts: collections.Counter) -> dict:
     }
 
 
-def stats_path(output_file: str | os.PathLike) -> Path:
-    return Path(f"{output_file}.stats.json")
-
-
-@contextlib.contextmanager
-def _output_stream(fh: BinaryIO, path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """`fh` itself, or a zstd stream into it when the output is named *.zst."""
-    if not is_zstd_path(path):
-        yield fh
-        return
-    with zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(fh, closefd=False) as zw:
-        yield zw
-
-
 def main(cfg: Stage0Config) -> dict:
-    """Run stage 0; returns the stats dict (also written to OUT.stats.json)."""
+    """Run stage 0; returns the stats dict (also written to OUT.stats.json, or OUT/stats.json for a
+    sentence_transformers folder)."""
     cfg.validate()
     cfg.check_paths()
     workers = cfg.num_splits or os.cpu_count() or 1
@@ -224,6 +246,9 @@ def main(cfg: Stage0Config) -> dict:
     lines_read = written = short = identical = 0
     mode = get_mode(cfg.mode)
     mode_stats = mode.new_stats()
+    words = WordStats()
+    mining = MiningStats() if MiningSpec.from_config(cfg).active else None
+    easy = EasyPool(cfg.seed)  # used only by a --negative_mix with easy negatives
     if hasattr(mode, "prepare"):
         mode.prepare()  # before the workers are forked: they share what it loads
     start = time.perf_counter()
@@ -232,54 +257,72 @@ def main(cfg: Stage0Config) -> dict:
         desc="stage 0", disable=not cfg.progress, mininterval=0.5,
     )
     try:
-        with bar, atomic_file(cfg.output_file, "wb") as fh, _output_stream(fh, cfg.output_file) as out, \
+        with bar, open_sink(cfg.output_file, cfg.output_format, cfg.negatives_per_row()) as sink, \
                 contextlib.closing(_results(_limited(reader, cfg.limit), cfg, workers)) as results:
             # (closing: on an error or Ctrl-C the worker pool stops here, before the temp file goes)
-            for _n, line_out, reason, n_docs, n_identical, info in results:
+            for _n, payload, reason, n_docs, n_identical, info in results:
                 lines_read += 1
                 identical += n_identical
-                if line_out is None:
+                if payload is not None and "pending" in info:
+                    # In input order, whatever the workers: the easy negatives of a mix.
+                    mode.complete(payload, info, easy)
+                    if info["negatives"] == 0:
+                        payload, reason = None, "no_negative_after_filters"
+                    else:
+                        payload = encode(cfg.output_format, payload, info)
+                if payload is None:
                     skipped[reason] += 1
                 else:
-                    out.write(line_out)
+                    sink.write(payload)
                     written += 1
                     docs_per_record[n_docs] += 1
                     short += info["negatives"] < cfg.num_negatives
                     mode_stats.add(info)
+                    words.add(info["positive_words"], info["negative_words"])
+                    if mining is not None:
+                        mining.add(info)
                 if bar.n != reader.input_bytes:
                     bar.update(reader.input_bytes - bar.n)
                     rate = lines_read / max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix_str(f"{written:,} records, {rate:,.0f} records/s", refresh=False)
+            elapsed = time.perf_counter() - start
+            stats = {
+                "input_file": str(cfg.input_file),
+                "output_file": str(cfg.output_file),
+                "config": asdict(cfg),
+                "mode": cfg.mode,
+                "output_format": cfg.output_format,
+                "workers": workers,
+                "lines_read": lines_read,
+                "records_written": written,
+                "records_skipped": sum(skipped.values()),
+                # Written, but with fewer than --num_negatives negatives (not enough candidates).
+                "records_with_fewer_negatives": short,
+                # Documents never used as negatives because their text equals the positive's once
+                # whitespace is normalised (pools repeat passages).
+                "negatives_identical_to_positive_skipped": identical,
+                "skipped_by_reason": dict(sorted(skipped.items())),
+                "documents_per_record": _doc_summary(docs_per_record),
+                "elapsed_s": round(elapsed, 3),
+                "input_bytes": reader.input_bytes,
+                "records_per_s": round(lines_read / elapsed, 1) if elapsed > 0 else None,
+                "input_mb_per_s": round(reader.input_bytes / 1e6 / elapsed, 2) if elapsed > 0 else None,
+                **words.summary(),
+                **(mining.summary() if mining is not None else {}),
+                **mode_stats.summary(),
+            }
+            if sink.folder:
+                # sentence_transformers: no row for a record with fewer than K negatives.
+                stats["records_dropped_fewer_negatives"] = sink.dropped
+                sink.finish(stats)  # shards, stats.json and the card, inside the folder being written
     except InputFileError as exc:
         raise InputFileError(
             f"{exc}\n{written:,} records had been processed from {lines_read:,} lines; "
             f"nothing was written to {cfg.output_file} (it is only created when the input "
             f"is read to its end)."
         ) from exc
-    elapsed = time.perf_counter() - start
-    stats = {
-        "input_file": str(cfg.input_file),
-        "output_file": str(cfg.output_file),
-        "config": asdict(cfg),
-        "mode": cfg.mode,
-        "workers": workers,
-        "lines_read": lines_read,
-        "records_written": written,
-        "records_skipped": sum(skipped.values()),
-        # Written, but with fewer than --num_negatives negatives (not enough candidates).
-        "records_with_fewer_negatives": short,
-        # Documents never used as negatives because their text equals the positive's once
-        # whitespace is normalised (pools repeat passages).
-        "negatives_identical_to_positive_skipped": identical,
-        "skipped_by_reason": dict(sorted(skipped.items())),
-        "documents_per_record": _doc_summary(docs_per_record),
-        "elapsed_s": round(elapsed, 3),
-        "input_bytes": reader.input_bytes,
-        "records_per_s": round(lines_read / elapsed, 1) if elapsed > 0 else None,
-        "input_mb_per_s": round(reader.input_bytes / 1e6 / elapsed, 2) if elapsed > 0 else None,
-        **mode_stats.summary(),
-    }
-    write_json(stats_path(cfg.output_file), stats)
+    if not sink.folder:
+        write_json(stats_path(cfg.output_file), stats)
     return stats
 
 
@@ -308,6 +351,11 @@ def print_summary(stats: dict, file=sys.stdout) -> None:
             f"  documents/record min {docs['min']}  mean {docs['mean']}  p50 {docs['p50']:g}  "
             f"p90 {docs['p90']:g}  max {docs['max']}"
         )
+    lines += word_lines(stats)
+    lines += mining_lines(stats)
     lines += get_mode(stats["mode"]).new_stats().lines(stats)
-    lines.append(f"  stats            {stats_path(stats['output_file'])}")
+    if stats.get("records_dropped_fewer_negatives"):
+        lines.append(f"  records with fewer than {stats['config']['num_negatives']} negatives, left out of the "
+                     f"sentence_transformers columns {stats['records_dropped_fewer_negatives']:,}")
+    lines.append(f"  stats            {stats_path(stats['output_file'], stats.get('output_format', 'native'))}")
     print("\n".join(lines), file=file)

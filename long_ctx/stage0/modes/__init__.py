@@ -37,6 +37,7 @@ class RecordView:
     candidates: np.ndarray  # 0-based, ascending: documents that may be negatives (not the gold,
     # not identical to it, not containing the answer while --filter_answer_docs is on)
     identical: np.ndarray | None = None  # [N] bool: documents other than the gold equal to it up to whitespace
+    joined: JoinedDocs | None = None  # the documents joined (word counts for --match_length)
 
 
 def view_of(line_number: int, record: NQRecord, bm25_tokenizer: str = "words",
@@ -49,7 +50,7 @@ def view_of(line_number: int, record: NQRecord, bm25_tokenizer: str = "words",
     scores = scores_from_index(index, get_tokenizer(bm25_tokenizer)(record.question))
     identical = identical_to_positive(record.documents, gold, index.doc_len)
     candidates = negative_candidates(record.documents, gold, record.answer, filter_answer_docs, joined, identical)
-    return RecordView(line_number, record, gold, scores, candidates, identical)
+    return RecordView(line_number, record, gold, scores, candidates, identical, joined)
 
 
 class ModeStats(Protocol):

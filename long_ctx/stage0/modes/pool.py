@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from long_ctx.common.lengths import LengthCounter
+from long_ctx.stage0.mining import MiningSpec, mine, word_count
 from long_ctx.stage0.modes import RecordView
 from long_ctx.stage0.negatives import select_negatives
 
@@ -97,8 +98,14 @@ class PoolMode:
         rec, docs = view.record, view.record.documents
         k = int(cfg.pool_docs)
         wanted = len(view.candidates) if k == 0 else k - 1
-        negs = select_negatives(view.scores, view.candidates, cfg.negative_strategy, wanted, cfg.seed,
-                                view.line_number)
+        spec = MiningSpec.from_config(cfg)
+        mined = drops = None
+        if spec.active:  # range, margin and length as in passage mode (mining.py); no mix here
+            mined, f = mine(view, spec, cfg.negative_strategy, wanted, cfg.seed)
+            negs, drops = mined.docs, (f.drops, f.length_short)
+        else:
+            negs = select_negatives(view.scores, view.candidates, cfg.negative_strategy, wanted, cfg.seed,
+                                    view.line_number)
         order = row_order(np.array([view.gold, *negs], dtype=np.int64), view.scores, cfg.doc_order, cfg.seed,
                           view.line_number).tolist()
         label = order.index(view.gold)
@@ -118,7 +125,14 @@ class PoolMode:
             "doc_order": cfg.doc_order,
         }
         info = {"negatives": len(negs), "row_documents": len(order), "label_index": label,
-                "fewer_than_pool_docs": k > 0 and len(order) < k}
+                "fewer_than_pool_docs": k > 0 and len(order) < k, "positive_words": word_count(docs[view.gold]),
+                "negative_words": [word_count(docs[i]) for i in negs]}
+        if mined is not None:
+            # One per negative, in row order (the documents other than the gold).
+            kind_of = dict(zip(mined.docs, zip(mined.kinds, mined.ranks)))
+            out["negative_kinds"] = [kind_of[i][0] for i in order if i != view.gold]
+            out["negative_ranks"] = [kind_of[i][1] for i in order if i != view.gold]
+            info.update(kinds=out["negative_kinds"], drops=drops[0], length_short=drops[1])
         return out, info
 
     def new_stats(self) -> PoolStats:

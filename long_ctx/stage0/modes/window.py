@@ -29,6 +29,7 @@ rows are.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -36,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from long_ctx.common.lengths import LengthCounter
+from long_ctx.stage0.mining import word_count
 from long_ctx.stage0.modes import RecordView
 from long_ctx.stage0.negatives import STRATEGIES
 from long_ctx.stage0.nq_format import SkipRecord
@@ -370,6 +372,13 @@ class WindowMode:
 
     def build(self, view: RecordView, cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         rec = view.record
+        drops = {"range": 0, "margin": 0, "length": 0}
+        if cfg.max_score_ratio is not None:
+            # The margin is a per-document rule here: a document scoring >= R x the gold's is left
+            # out of every negative window (like the answer filter), before the windows are built.
+            ok = view.scores[view.candidates] < cfg.max_score_ratio * view.scores[view.gold]
+            drops["margin"] = int((~ok).sum())
+            view = dataclasses.replace(view, candidates=view.candidates[ok])
         w = build_windows(view, WindowSpec.from_config(cfg))
         out = {
             "mode": self.name,
@@ -391,7 +400,10 @@ class WindowMode:
         }
         info = {"negatives": len(w.negatives), "positive_tokens": w.positive_tokens,
                 "negative_tokens": w.negative_tokens, "gold_position": w.gold_position,
-                "positive_documents": len(w.positive_docs), "negative_documents": [len(x) for x in w.negative_docs]}
+                "positive_documents": len(w.positive_docs), "negative_documents": [len(x) for x in w.negative_docs],
+                "positive_words": word_count(w.positive), "negative_words": [word_count(t) for t in w.negatives]}
+        if cfg.max_score_ratio is not None:
+            info.update(kinds=[], drops=drops, length_short=False)
         return out, info
 
     def new_stats(self) -> WindowStats:

@@ -1,0 +1,107 @@
+"""The easy negatives of `--negative_mix`: documents of other records, from a bounded reservoir.
+
+"Other records" means earlier records in input order: every written record offers up to
+OFFER_PER_RECORD of its negative candidates (chosen by its worker, seeded by seed and line
+number; empty ones and ones over MAX_CHARS characters never), and the main process keeps a
+uniform sample of POOL_DOCS of all offers so far (reservoir sampling, Algorithm R, with one
+generator seeded by --seed). A record draws its easy negatives from the pool *before* offering its
+own documents, so the first record has none (its easy share falls to the next kind, counted), and
+the pool is full after POOL_DOCS / OFFER_PER_RECORD written records. Memory is bounded by
+POOL_DOCS x MAX_CHARS characters on any input; since only the main process touches the pool, in
+input order, the choices do not depend on the number of workers.
+
+An easy negative never contains the record's answer (`answer.lower() in text.lower()`, as the
+answer filter, whatever --filter_answer_docs says: an easy negative is off-topic by definition),
+is never one of the record's own documents (same text, compared by CRC-32 of the UTF-8 bytes: a
+rare collision only drops a candidate), never repeats a text already chosen for the record, and
+with --match_length lies in the positive's word band.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+POOL_DOCS = 4096
+OFFER_PER_RECORD = 2
+MAX_CHARS = 20_000
+_STREAM = 0xEA5
+
+
+def text_hash(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+def own_hashes(documents: list[str]) -> frozenset:
+    """What `EasyPool.pick` compares against: the hashes of a record's documents."""
+    return frozenset(map(text_hash, documents))
+
+
+def offers(documents: list[str], candidates: np.ndarray, seed: int, line_number: int,
+           words: list[int] | None = None) -> list[tuple[str, int]]:
+    """The (text, words) a record offers to the pool (in the worker): up to OFFER_PER_RECORD of its
+    candidates, seeded by (seed, line number)."""
+    rng = np.random.default_rng([seed, line_number, _STREAM])
+    out = []
+    for i in rng.permutation(len(candidates)).tolist():
+        text = documents[int(candidates[i])]
+        if text and len(text) <= MAX_CHARS:
+            out.append((text, len(text.split())))
+            if len(out) == OFFER_PER_RECORD:
+                break
+    return out
+
+
+@dataclass
+class _Doc:
+    text: str
+    lowered: str
+    words: int
+    hash: int
+
+
+class EasyPool:
+    """Main-process reservoir of other records' documents (module docstring)."""
+
+    def __init__(self, seed: int, size: int = POOL_DOCS) -> None:
+        self.size = size
+        self.docs: list[_Doc] = []
+        self.offered = 0
+        self.rng = np.random.default_rng([seed, _STREAM])
+
+    def offer(self, items: list[tuple[str, int]]) -> None:
+        for text, words in items:
+            self.offered += 1
+            if len(self.docs) < self.size:
+                self.docs.append(_Doc(text, text.lower(), words, text_hash(text)))
+                continue
+            j = int(self.rng.integers(self.offered))
+            if j < self.size:
+                self.docs[j] = _Doc(text, text.lower(), words, text_hash(text))
+
+    def pick(self, pending, n: int, taken: set) -> list[tuple[str, int]]:
+        """Up to `n` (text, words) for a record (`mining.Pending`), in a seeded random order over
+        the pool; `taken` (hashes already chosen for the record) is updated."""
+        if not self.docs or n <= 0:
+            return []
+        lo, hi = pending.word_band
+        p = pending.positive_words
+        sides: tuple[list, list] = ([], [])  # (at least as long as the positive, shorter)
+        for j in self.rng.permutation(len(self.docs)).tolist():
+            d = self.docs[j]
+            if d.hash in pending.own_hashes or d.hash in taken or not lo <= d.words <= hi:
+                continue
+            if pending.needle and pending.needle in d.lowered:
+                continue
+            side = sides[0 if p is None or d.words >= p else 1]
+            if len(side) < n:
+                side.append(d)
+            if len(sides[0]) + len(sides[1]) >= n and (p is None or min(map(len, sides)) == n):
+                break
+        a, b = sides if pending.first_longer else sides[::-1]
+        # With --match_length, alternate the sides as mining.Filtered.balanced does.
+        mixed = [x for pair in zip(a, b) for x in pair] + a[len(b):] + b[len(a):]
+        out = mixed[:n]
+        taken.update(d.hash for d in out)
+        return [(d.text, d.words) for d in out]
