@@ -172,3 +172,27 @@ def open_sink(output_file: str, output_format: str, k: int) -> Iterator[JsonlSin
         return
     with atomic_file(output_file, "wb") as fh, _zstd_or_plain(fh, output_file) as stream:
         yield JsonlSink(stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recognising an export where stages 1-2 expect native data
+
+NATIVE_ONLY = ("stages 1-2 read stage 0's native jsonl; run stage 0 again without --output_format "
+               "(or with --output_format native) for them")
+
+
+def is_export_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by --output_format sentence_transformers."""
+    p = Path(path) / STATS_FILE
+    if not p.is_file():
+        return False
+    try:
+        stats = orjson.loads(p.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return isinstance(stats, dict) and stats.get("output_format") == "sentence_transformers"
+
+
+def is_flag_embedding_line(obj: Any) -> bool:
+    """Whether a parsed jsonl line is a --output_format flag_embedding one (not a native record)."""
+    return isinstance(obj, dict) and {"query", "pos", "neg"} <= obj.keys() and "question" not in obj

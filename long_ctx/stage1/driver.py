@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Iterator
 
 from long_ctx.common.atomic import atomic_dir, check_output_dir, write_json
-from long_ctx.common.cli import WorkerDied
+from long_ctx.common.cli import UsageError, WorkerDied
 from long_ctx.common.dataset_card import SHARD_GLOB, length_table, markdown_table, write_dataset_card
 from long_ctx.common.lengths import LengthCounter, plot_length_histograms
 from long_ctx.common.line_reader import InputFileError, LineReader, check_input_file
 from long_ctx.common.ordered_pool import ordered_imap
 from long_ctx.common.parquet_shards import ShardWriter
 from long_ctx.common.progress import progress_bar
+from long_ctx.stage0.export import NATIVE_ONLY, is_export_folder
 from long_ctx.stage1.records import ChunkResult, detect_mode, get_format, init_worker, process_chunk
 from long_ctx.world_tokenizer import tokenizer_info
 
@@ -56,6 +57,9 @@ class Stage1Config:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"--limit must be >= 0, got {self.limit}")
+        if is_export_folder(self.input_file):
+            raise UsageError(f"--input_file {self.input_file} is stage 0's --output_format sentence_transformers "
+                             f"folder; {NATIVE_ONLY}")
         check_input_file(self.input_file)
         check_output_dir(self.output_dir, MARKER, "stage-1 dataset", inputs=[self.input_file],
                          overwrite=self.overwrite, own=OWN_FILES)

@@ -218,7 +218,11 @@ def line_mode(obj) -> str | None:
 
 
 def detect_mode(lines: list[bytes]) -> str | None:
-    """The mode of the first line that is a JSON object, or None if there is none."""
+    """The mode of the first line that is a JSON object, or None if there is none; a
+    flag_embedding export line is a UsageError (stage 1 reads native lines only)."""
+    from long_ctx.common.cli import UsageError  # (main process only: workers never import the exports)
+    from long_ctx.stage0.export import NATIVE_ONLY, is_flag_embedding_line
+
     for line in lines:
         if not line.strip():
             continue
@@ -226,6 +230,8 @@ def detect_mode(lines: list[bytes]) -> str | None:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue
+        if is_flag_embedding_line(obj):
+            raise UsageError(f"the input is stage 0's --output_format flag_embedding jsonl (query/pos/neg); {NATIVE_ONLY}")
         mode = line_mode(obj)
         if mode is not None:
             return mode

@@ -18,8 +18,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from long_ctx.common.cli import UsageError
 from long_ctx.common.dataset_card import SHARD_GLOB, shard_name
 from long_ctx.common.line_reader import InputFileError
+from long_ctx.stage0.export import NATIVE_ONLY, is_export_folder
 
 SHARD_NAME = re.compile(r"^train-(\d{5})-of-(\d{5})\.parquet$")
 STAGE1_STATS = "stats.json"
@@ -133,6 +135,9 @@ def _open_shard(shard: Path, mode: str = "passage") -> tuple[pq.ParquetFile, str
 def open_stage1(ds_dir: str | Path) -> Stage1Dataset:
     """Check a stage-1 folder whole (names, stats, schemas, row counts); raise naming what is wrong."""
     ds = Path(ds_dir)
+    if is_export_folder(ds):
+        raise UsageError(f"--ds_dir {ds} is stage 0's --output_format sentence_transformers folder, not a stage-1 "
+                         f"dataset; {NATIVE_ONLY}, then stage 1")
     found = sorted(ds.glob(SHARD_GLOB)) if ds.is_dir() else []
     if not found:
         raise FileNotFoundError(f"--ds_dir {ds} has no {SHARD_GLOB} shards; run long_ctx/1_create_datasets.py first")
