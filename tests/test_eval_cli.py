@@ -88,7 +88,11 @@ def test_bm25_and_tie_ranks_and_skip_counts(tmp_path, capsys):
     # Constant scores: ties go to the lower document number, so the gold ranks at its own number.
     ce_ranks = [k.gold_id for k in kept]
     assert [r["gold_rank"]["cross_encoder"] for r in rows] == ce_ranks
-    for system, ranks in (("bm25", bm25_ranks), ("cross_encoder", ce_ranks)):
+    # The length baseline: longest first (str.split() words), ties to the lower document number.
+    length_ranks = [sorted(range(len(k.documents)), key=lambda i: (-len(k.documents[i].split()), i)).index(k.gold_id - 1)
+                    + 1 for k in kept]
+    assert [r["gold_rank"]["length"] for r in rows] == length_ranks
+    for system, ranks in (("bm25", bm25_ranks), ("cross_encoder", ce_ranks), ("length", length_ranks)):
         m = res[system]
         assert m["mrr@10"] == pytest.approx(np.mean([1 / r if r <= 10 else 0 for r in ranks]))
         assert m["recall@5"] == pytest.approx(np.mean([r <= 5 for r in ranks]))
@@ -100,7 +104,7 @@ def test_bm25_and_tie_ranks_and_skip_counts(tmp_path, capsys):
     assert saved["bm25"]["mrr@10"] == res["bm25"]["mrr@10"]
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
-    assert "mrr@10" in out and "BM25" in out and "invalid_json 1" in out
+    assert "mrr@10" in out and "BM25" in out and "length" in out and "invalid_json 1" in out
 
 
 def test_max_docs_and_limit(tmp_path):

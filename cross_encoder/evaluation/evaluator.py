@@ -7,9 +7,11 @@ and skipped) both systems rank the same pool — all its documents, or the first
   (`cross_encoder.serving.reranker.Reranker`, special ids from the adapter's config; a pool
   adapter scores windows of documents in one pass each, in `--doc_order`, see
   `cross_encoder.evaluation.doc_order`);
-* BM25 scores with stage 0's implementation and tokenizer (`long_ctx.stage0.bm25`).
+* BM25 scores with stage 0's implementation and tokenizer (`long_ctx.stage0.bm25`);
+* `length`, a baseline that never reads the question: documents by word count (`str.split()`),
+  longest first, what a model that learnt stage 0's length shortcut would do.
 
-Both rank by descending score, ties to the lower document number, and are summarised by the gold
+All rank by descending score, ties to the lower document number, and are summarised by the gold
 document's rank (`cross_encoder.evaluation.ranking_metrics`): overall, by the third of the pool the gold sits
 in (first / middle / last: "lost in the middle") and by pool size. Results go to a JSON file, a
 printed table and a PNG bar chart (`cross_encoder.evaluation.report`).
@@ -38,9 +40,10 @@ from long_ctx.common.line_reader import LineReader
 from long_ctx.common.ordered_pool import chunked
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import bm25_scores
+from long_ctx.stage0.mining import word_count
 from long_ctx.stage0.nq_format import NQRecord, SkipRecord, parse_line
 
-SYSTEMS = ("cross_encoder", "bm25")
+SYSTEMS = ("cross_encoder", "bm25", "length")
 #: --mode values: what one ranked item is (passage: a document of the pool; window: see windows.py).
 EVAL_MODES = ("passage", "window")
 #: Skip reasons the evaluator adds to the parser's (`long_ctx.stage0.nq_format.SKIP_REASONS`).
@@ -210,7 +213,8 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
             seconds["cross_encoder"] += t2 - t1
             check_s += time.perf_counter() - t2
             for (line_number, rec), ce_scores, bm25_pool, rev in zip(chunk, ce, bm25, reverse):
-                res = question_result(line_number, rec, {"cross_encoder": ce_scores, "bm25": bm25_pool})
+                words = [word_count(d) for d in rec.documents]
+                res = question_result(line_number, rec, {"cross_encoder": ce_scores, "bm25": bm25_pool, "length": words})
                 gold = res.gold_index
                 results.append(res)
                 docs_scored += res.pool_size

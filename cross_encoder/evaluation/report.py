@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from cross_encoder.evaluation.ranking_metrics import METRIC_NAMES, THIRDS
 from long_ctx.common.atomic import atomic_file
 
-LABELS = {"cross_encoder": "cross-encoder", "bm25": "BM25"}
+LABELS = {"cross_encoder": "cross-encoder", "bm25": "BM25", "length": "length"}
 BAR_METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@5", "recall@10")
-COLORS = {"cross_encoder": "#1f77b4", "bm25": "#ff7f0e"}
+COLORS = {"cross_encoder": "#1f77b4", "bm25": "#ff7f0e", "length": "#9e9e9e"}
 
 
 def _fmt(x: Any, width: int = 13) -> str:
@@ -22,12 +22,14 @@ def _fmt(x: Any, width: int = 13) -> str:
 def format_table(res: dict[str, Any], breakdowns: bool = True) -> str:
     """The metrics table (overall, then by gold position third and by pool size) as printable text."""
     ce, bm = res["cross_encoder"], res["bm25"]
-    head = f"{'':24s}{LABELS['cross_encoder']:>13s}{LABELS['bm25']:>13s}{'CE - BM25':>13s}"
+    ln = res.get("length")  # the length baseline (longest document first)
+    head = f"{'':24s}{LABELS['cross_encoder']:>13s}{LABELS['bm25']:>13s}{'CE - BM25':>13s}" + \
+        (f"{LABELS['length']:>13s}" if ln else "")
     lines = [f"evaluation on {res['num_questions']:,} questions "
              f"({res['documents_scored']:,} documents, pools of {res['pool_size']['min']}-{res['pool_size']['max']})",
              head, "-" * len(head)]
     for m in METRIC_NAMES:
-        lines.append(f"{m:24s}{_fmt(ce[m])}{_fmt(bm[m])}{_fmt(ce[m] - bm[m])}")
+        lines.append(f"{m:24s}{_fmt(ce[m])}{_fmt(bm[m])}{_fmt(ce[m] - bm[m])}" + (_fmt(ln[m]) if ln else ""))
     parts = (("MRR@10 by gold position", "by_gold_position", THIRDS),
              ("MRR@10 by pool size", "by_pool_size", list(ce["by_pool_size"])))
     for title, key, order in parts if breakdowns else ():
@@ -57,12 +59,14 @@ def plot_results(res: dict[str, Any], path: str | os.PathLike) -> None:
         ("MRR@10 by pool size (documents)", list(ce["by_pool_size"]), lambda s, k: res[s]["by_pool_size"][k]["mrr@10"],
          [f"{k}\nn={v['n']}" for k, v in ce["by_pool_size"].items()]),
     ]
-    plot_panels(panels, path, f"Cross-encoder vs BM25 on {res['num_questions']:,} questions", [5, 3, 4], (14, 4.5))
+    systems = [s for s in LABELS if s in res]
+    plot_panels(panels, path, f"Cross-encoder vs BM25 on {res['num_questions']:,} questions", [5, 3, 4], (14, 4.5),
+                systems)
 
 
 def plot_panels(panels: list[tuple], path: str | os.PathLike, title: str, width_ratios: list[int],
-                figsize: tuple[float, float]) -> None:
-    """One PNG of bar panels, cross-encoder vs BM25 side by side; a panel is (title, keys,
+                figsize: tuple[float, float], systems: Sequence[str] = ("cross_encoder", "bm25")) -> None:
+    """One PNG of bar panels, the `systems` side by side; a panel is (title, keys,
     get(system, key) -> value in 0..1, tick labels)."""
     # The object API with the Agg canvas: headless, and no pyplot import.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -71,12 +75,12 @@ def plot_panels(panels: list[tuple], path: str | os.PathLike, title: str, width_
     fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), gridspec_kw={"width_ratios": width_ratios})
-    width = 0.38
+    width = 0.76 / len(systems)
     for ax, (panel_title, keys, get, ticks) in zip(axes, panels):
-        for j, system in enumerate(LABELS):
+        for j, system in enumerate(systems):
             vals = [get(system, k) for k in keys]
             vals = [0.0 if v is None or math.isnan(v) else v for v in vals]
-            xs = [i + (j - 0.5) * width for i in range(len(keys))]
+            xs = [i + (j - (len(systems) - 1) / 2) * width for i in range(len(keys))]
             bars = ax.bar(xs, vals, width, label=LABELS[system], color=COLORS[system])
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_xticks(range(len(keys)), ticks, fontsize=8)
