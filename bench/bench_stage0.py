@@ -23,6 +23,13 @@ bench/out/, then measures:
     python bench/bench_stage0.py [--records 1500] [--workers N]
     python bench/bench_stage0.py --big_line 50
     python bench/bench_stage0.py --window 4096
+    python bench/bench_stage0.py --mining
+
+5. With `--mining`: the mining flags (issue 15: rank range, score margin, easy:medium:hard mix,
+   length matching, export formats) next to plain passage mode with the same --num_negatives, on
+   the same input, in the same run: full runs in subprocesses (1 worker and all cores), then
+   per-record CPU interleaved per variant (worker work plus the main process's share: the easy
+   negatives of a mix and encoding).
 """
 import argparse
 import io
@@ -105,8 +112,10 @@ def child(args) -> None:
     if args.child == "reference":
         run_reference(Path(args.input), Path(args.output))
     else:
-        window = dict(mode="window", context_tokens=args.window, num_negatives=3) if args.child == "window" else {}
-        main(Stage0Config(args.input, args.output, num_splits=args.workers, progress=False, **window))
+        extra = dict(mode="window", context_tokens=args.window, num_negatives=3) if args.child == "window" else {}
+        if args.child in MINING_VARIANTS:
+            extra = MINING_VARIANTS[args.child]
+        main(Stage0Config(args.input, args.output, num_splits=args.workers, progress=False, **extra))
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"elapsed": elapsed, "cpu": cpu, "peak_rss_mb": max(me.ru_maxrss, kids.ru_maxrss) / 1024}))
@@ -281,6 +290,89 @@ def run_window(args, inp: Path, raw_mb: float) -> None:
           f"{w['positive_minus_negative_tokens']}")
 
 
+MINING_K = 4
+#: --mining variants: Stage0Config keywords (plain = the reference, same K).
+MINING_VARIANTS = {
+    "plain": dict(num_negatives=MINING_K),
+    "range_margin": dict(num_negatives=MINING_K, negative_range="2-100", max_score_ratio=0.95,
+                         negative_strategy="random"),
+    "mix": dict(num_negatives=MINING_K, negative_mix="5:3:2"),
+    "match_length": dict(num_negatives=MINING_K, match_length=0.2),
+    "all": dict(num_negatives=MINING_K, negative_range="2-100", max_score_ratio=0.95, negative_mix="5:3:2",
+                match_length=0.2),
+    "all_flag_embedding": dict(num_negatives=MINING_K, negative_range="2-100", max_score_ratio=0.95,
+                               negative_mix="5:3:2", match_length=0.2, output_format="flag_embedding"),
+}
+MINING_LABELS = {
+    "plain": f"plain passage mode, --num_negatives {MINING_K} (reference)",
+    "range_margin": "--negative_range 2-100 --max_score_ratio 0.95 --negative_strategy random",
+    "mix": "--negative_mix 5:3:2",
+    "match_length": "--match_length 0.2",
+    "all": "all four: range, margin, mix, match_length",
+    "all_flag_embedding": "all four + --output_format flag_embedding",
+}
+
+
+def mining_interleaved(inp: Path, n_records: int, rounds: int = 5, chunk: int = 10) -> dict[str, float]:
+    """CPU ms per record of every MINING_VARIANTS entry, best of `rounds` per chunk, variants
+    alternating on each chunk; includes the main process's share (mix completion, encoding)."""
+    from long_ctx.common.line_reader import iter_lines
+    from long_ctx.stage0.driver import Stage0Config, process_line
+    from long_ctx.stage0.easy_pool import EasyPool
+    from long_ctx.stage0.export import encode
+    from long_ctx.stage0.modes.passage import MODE
+
+    lines = [line for _, (_, line) in zip(range(n_records), iter_lines(inp))]
+    cfgs = {k: Stage0Config(str(inp), "unused", progress=False, **v) for k, v in MINING_VARIANTS.items()}
+    chunks = [list(enumerate(lines))[i:i + chunk] for i in range(0, len(lines), chunk)]
+    best = {k: [float("inf")] * len(chunks) for k in cfgs}
+    for _ in range(rounds):
+        pools = {k: EasyPool(0) for k in cfgs}  # fresh per round: every round does the same work
+        for c, part in enumerate(chunks):
+            for name, cfg in cfgs.items():
+                t = time.process_time()
+                for n, line in part:
+                    _, payload, _, _, _, info = process_line(n, line, cfg)
+                    if payload is not None and "pending" in info:
+                        MODE.complete(payload, info, pools[name])
+                        encode(cfg.output_format, payload, info)
+                best[name][c] = min(best[name][c], time.process_time() - t)
+    return {k: sum(v) / len(lines) * 1e3 for k, v in best.items()}
+
+
+def run_mining(args, inp: Path, raw_mb: float) -> None:
+    full = [("plain", 1), ("all", 1), ("plain", args.workers), ("all", args.workers)]
+    rows = []
+    for kind, workers in full:
+        out = OUT / f"mining_{kind}_{workers}.jsonl"
+        cmd = [sys.executable, __file__, "--child", kind, "--workers", str(workers), "--input", str(inp),
+               "--output", str(out)]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        stats = json.loads(Path(f"{out}.stats.json").read_text())
+        rows.append((kind, workers, json.loads(res.stdout.strip().splitlines()[-1]), stats))
+    same = all((OUT / f"mining_{k}_1.jsonl").read_bytes() == (OUT / f"mining_{k}_{args.workers}.jsonl").read_bytes()
+               for k in ("plain", "all"))
+    ms = mining_interleaved(inp, args.interleaved_records)
+    print(f"Input: {args.records} records, 10-200 documents each, {raw_mb:.0f} MB of JSON; {os.cpu_count()} CPUs\n")
+    print("| variant | workers | records/s | CPU s | peak RSS (MB) | records/s vs plain (same workers) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for i, (kind, workers, res, stats) in enumerate(rows):
+        ref = rows[i - 1 if i % 2 else i][2]["elapsed"]
+        print(f"| {MINING_LABELS[kind]} | {workers} | {args.records / res['elapsed']:,.0f} | {res['cpu']:,.1f} | "
+              f"{res['peak_rss_mb']:,.0f} | {ref / res['elapsed']:.2f}x |")
+    print(f"\nPer-record CPU, interleaved, best of 5 ({args.interleaved_records} records):\n")
+    print("| variant | ms per record | records/s per core | vs plain |")
+    print("|---|---:|---:|---:|")
+    for k, v in ms.items():
+        print(f"| {MINING_LABELS[k]} | {v:.3f} | {1e3 / v:,.0f} | {ms['plain'] / v:.2f}x |")
+    w = rows[1][3]
+    print(f"\n1 and {args.workers} workers byte-identical (plain and all): {same}; all four: positive_longer_share "
+          f"{w['words']['positive_longer_share']} (plain: {rows[0][3]['words']['positive_longer_share']}), "
+          f"negatives by kind {w['mining']['negatives_by_kind']}")
+    if not same:
+        sys.exit(1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=1500, help="records in the generated input (default 1500)")
@@ -294,7 +386,10 @@ def main() -> None:
                    help="instead: measure the peak memory of one line of about MB megabytes, in several shapes")
     p.add_argument("--window", type=int, default=None, metavar="T",
                    help="instead: window mode with --context_tokens T next to passage mode, same input and run")
-    p.add_argument("--child", choices=["reference", "stage0", "window", "big_line"], help=argparse.SUPPRESS)
+    p.add_argument("--mining", action="store_true",
+                   help="instead: the mining flags (range, margin, mix, match_length, export) next to plain passage mode")
+    p.add_argument("--child", choices=["reference", "stage0", "window", "big_line", *MINING_VARIANTS],
+                   help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -311,6 +406,8 @@ def main() -> None:
         raw_mb = sum(len(c) for c in zstandard.ZstdDecompressor().read_to_iter(fh)) / 1e6
     if args.window:
         return run_window(args, inp, raw_mb)
+    if args.mining:
+        return run_mining(args, inp, raw_mb)
     variants = [("reference (json + rank_bm25, 1 process)", "reference", 1),
                 ("stage 0, 1 worker", "stage0", 1),
                 (f"stage 0, {args.workers} workers", "stage0", args.workers)]

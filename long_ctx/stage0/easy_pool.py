@@ -12,13 +12,14 @@ input order, the choices do not depend on the number of workers.
 
 An easy negative never contains the record's answer (`answer.lower() in text.lower()`, as the
 answer filter, whatever --filter_answer_docs says: an easy negative is off-topic by definition),
-is never one of the record's own documents (same text, compared by CRC-32 of the UTF-8 bytes: a
-rare collision only drops a candidate), never repeats a text already chosen for the record, and
-with --match_length lies in the positive's word band.
+is never one of the record's own documents (`fingerprint`: a candidate with the length and the
+first and last FINGERPRINT_CHARS characters of one of them is treated as that document, so a
+rare different text that matches all three is dropped too, never the reverse; hashing whole
+documents cost more than the rest of the mix), never repeats a text already chosen for the
+record, and with --match_length lies in the positive's word band.
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,16 +27,18 @@ import numpy as np
 POOL_DOCS = 4096
 OFFER_PER_RECORD = 2
 MAX_CHARS = 20_000
+FINGERPRINT_CHARS = 24
 _STREAM = 0xEA5
 
 
-def text_hash(text: str) -> int:
-    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+def fingerprint(text: str) -> tuple[int, str, str]:
+    """Equal for equal texts: (length, first and last FINGERPRINT_CHARS characters)."""
+    return len(text), text[:FINGERPRINT_CHARS], text[-FINGERPRINT_CHARS:]
 
 
-def own_hashes(documents: list[str]) -> frozenset:
-    """What `EasyPool.pick` compares against: the hashes of a record's documents."""
-    return frozenset(map(text_hash, documents))
+def own_fingerprints(documents: list[str]) -> frozenset:
+    """What `EasyPool.pick` compares against: the fingerprints of a record's documents."""
+    return frozenset(map(fingerprint, documents))
 
 
 def offers(documents: list[str], candidates: np.ndarray, seed: int, line_number: int,
@@ -58,7 +61,7 @@ class _Doc:
     text: str
     lowered: str
     words: int
-    hash: int
+    fingerprint: tuple[int, str, str]
 
 
 class EasyPool:
@@ -74,15 +77,15 @@ class EasyPool:
         for text, words in items:
             self.offered += 1
             if len(self.docs) < self.size:
-                self.docs.append(_Doc(text, text.lower(), words, text_hash(text)))
+                self.docs.append(_Doc(text, text.lower(), words, fingerprint(text)))
                 continue
             j = int(self.rng.integers(self.offered))
             if j < self.size:
-                self.docs[j] = _Doc(text, text.lower(), words, text_hash(text))
+                self.docs[j] = _Doc(text, text.lower(), words, fingerprint(text))
 
     def pick(self, pending, n: int, taken: set) -> list[tuple[str, int]]:
         """Up to `n` (text, words) for a record (`mining.Pending`), in a seeded random order over
-        the pool; `taken` (hashes already chosen for the record) is updated."""
+        the pool; `taken` (texts already chosen for the record) is updated."""
         if not self.docs or n <= 0:
             return []
         lo, hi = pending.word_band
@@ -90,7 +93,7 @@ class EasyPool:
         sides: tuple[list, list] = ([], [])  # (at least as long as the positive, shorter)
         for j in self.rng.permutation(len(self.docs)).tolist():
             d = self.docs[j]
-            if d.hash in pending.own_hashes or d.hash in taken or not lo <= d.words <= hi:
+            if d.fingerprint in pending.own_fingerprints or d.text in taken or not lo <= d.words <= hi:
                 continue
             if pending.needle and pending.needle in d.lowered:
                 continue
@@ -103,5 +106,5 @@ class EasyPool:
         # With --match_length, alternate the sides as mining.Filtered.balanced does.
         mixed = [x for pair in zip(a, b) for x in pair] + a[len(b):] + b[len(a):]
         out = mixed[:n]
-        taken.update(d.hash for d in out)
+        taken.update(d.text for d in out)
         return [(d.text, d.words) for d in out]

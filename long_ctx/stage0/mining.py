@@ -140,21 +140,23 @@ def word_count(text: str) -> int:
 # Every character str.isspace() (and so str.split()) treats as whitespace.
 _WHITESPACE = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 133, 160, 5760, *range(8192, 8203), 8232, 8233,
                         8239, 8287, 12288], dtype=np.int64)
-_SPACE_BYTE = np.zeros(256, bool)
-_SPACE_BYTE[_WHITESPACE[_WHITESPACE < 256]] = True
-
-
+_IS_SPACE = np.zeros(1 << 16, bool)  # [65536]: whether a BMP code point is whitespace (none beyond)
+_IS_SPACE[_WHITESPACE] = True
 def document_word_counts(joined: JoinedDocs) -> np.ndarray:
-    """[N] int64 `len(d.split())` of every document, from the record's joined code points (one
-    vectorized pass: the "\\n" between documents is whitespace, so no word crosses it)."""
-    cp = joined.cp
-    space = _SPACE_BYTE[cp] if cp.dtype == np.uint8 else np.isin(cp, _WHITESPACE)
-    starts = ~space
-    starts[1:] &= space[:-1]  # a word starts at a non-space after a space (or at the start)
-    before = np.zeros(len(cp) + 1, np.int64)
-    np.cumsum(starts, out=before[1:])
-    ends = np.append(joined.doc_starts[1:] - 1, len(cp))
-    return before[ends] - before[joined.doc_starts]
+    """[N] int64 `len(d.split())` of every document, from the record's joined text (one byte per
+    character, shared with the answer filter; the "\n" between documents is whitespace, so no
+    word crosses it): a word starts at a non-space character after a space or at the start."""
+    b = np.frombuffer(joined.ascii_lowercase_bytes(), np.uint8)
+    # ASCII whitespace by comparisons (cheaper than a table lookup per character) ...
+    space = (b == 32) | ((b >= 9) & (b <= 13)) | ((b >= 28) & (b <= 31))
+    # ... and the few characters >= 128 from their code points.
+    high = np.flatnonzero(b >= 0x80)
+    if len(high):
+        space[high] = _IS_SPACE[np.minimum(joined.cp[high].astype(np.int64), 0xFFFF)]
+    starts = np.zeros(len(b) + 1, np.uint8)  # (+1: an empty last document starts at len(b))
+    starts[0] = len(b) > 0 and not space[0]
+    np.greater(space[:-1], space[1:], out=starts[1:len(b)].view(bool))
+    return np.add.reduceat(starts, joined.doc_starts, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +282,7 @@ class Pending:
     hard: list[tuple[int, int]]  # (document, rank), hardest first, at most K
     medium: list[tuple[int, int]]  # (document, rank), seeded random order, at most 2K
     needle: str  # the answer lowercased ("" = none): easy negatives never contain it
-    own_hashes: frozenset  # CRC-32s of the record's documents: easy negatives are never one of them
+    own_fingerprints: frozenset  # easy_pool.fingerprint of the record's documents: easy ones are never one
     word_band: tuple[float, float]
     lookup: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # document -> (text, score, words)
     positive_words: int | None = None  # with --match_length: easy ones alternate sides too (Filtered.balanced)
@@ -288,7 +290,7 @@ class Pending:
 
 
 def mix_pending(scores: np.ndarray, f: Filtered, spec: MiningSpec, k: int, seed: int, line_number: int,
-                answer: str, own_hashes: Callable[[], frozenset]) -> Pending:
+                answer: str, own_fingerprints: Callable[[], frozenset]) -> Pending:
     """The worker's part of a mix: the hard list (in range, hardest first, at most K) and a seeded
     random order of the medium candidates (at most 2K: enough for K after the hard ones)."""
     counts = mix_counts(spec.mix, k)
@@ -299,7 +301,7 @@ def mix_pending(scores: np.ndarray, f: Filtered, spec: MiningSpec, k: int, seed:
     medium = f.balanced(med_idx[np.random.default_rng([seed, line_number, _MEDIUM_STREAM]).permutation(len(med_idx))])
     medium = medium[: 2 * k].tolist()
     return Pending(counts, [(d, rank_of[d]) for d in hard], [(d, rank_of[d]) for d in medium], answer.lower(),
-                   own_hashes() if counts[0] else frozenset(), spec.word_band(f.positive_words),
+                   own_fingerprints() if counts[0] else frozenset(), spec.word_band(f.positive_words),
                    positive_words=f.positive_words if spec.match_length is not None else None,
                    first_longer=f.first_longer)
 
@@ -399,9 +401,9 @@ def mine(view: Any, spec: MiningSpec, strategy: str, k: int, seed: int) -> tuple
         return choose_by_strategy(scores, f, strategy, k, seed, view.line_number), f
     if not f.kept.any():
         raise SkipRecord(empty_reason(f))
-    from long_ctx.stage0.easy_pool import own_hashes
+    from long_ctx.stage0.easy_pool import own_fingerprints
 
-    p = mix_pending(scores, f, spec, k, seed, view.line_number, view.record.answer, lambda: own_hashes(docs))
+    p = mix_pending(scores, f, spec, k, seed, view.line_number, view.record.answer, lambda: own_fingerprints(docs))
     for d, _ in (*p.hard, *p.medium):
         p.lookup[d] = (docs[d], float(scores[d]), word_count(docs[d]))
     return (p if p.counts[0] else finish(p)), f
