@@ -201,7 +201,7 @@ def test_sentence_transformers_folder_loads_and_stages_1_2_refuse_exports(tmp_pa
     flags = dict(num_negatives=3, negative_mix="1:1:1", seed=5)
     native, _ = run(tmp_path, "n.jsonl", **flags)
     folder, stats = run(tmp_path, "st", output_format="sentence_transformers", **flags)
-    ds = datasets.load_dataset(str(folder), split="train")
+    ds = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.column_names == ["query", "positive", "negative_1", "negative_2", "negative_3"]
     expected = [r for r in lines(native) if len(r["negatives"]) == 3]
     assert len(ds) == len(expected) == stats["rows_written"] > 0

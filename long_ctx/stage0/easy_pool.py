@@ -12,11 +12,10 @@ input order, the choices do not depend on the number of workers.
 
 An easy negative never contains the record's answer (`answer.lower() in text.lower()`, as the
 answer filter, whatever --filter_answer_docs says: an easy negative is off-topic by definition),
-is never one of the record's own documents (`fingerprint`: a candidate with the length and the
-first and last FINGERPRINT_CHARS characters of one of them is treated as that document, so a
-rare different text that matches all three is dropped too, never the reverse; hashing whole
-documents cost more than the rest of the mix), never repeats a text already chosen for the
-record, and with --match_length lies in the positive's word band.
+is never one of the record's own documents (conservatively: a candidate as long, in characters, as
+one of them is never taken, so a few other ones are left out too, never the reverse; hashing or
+even slicing every document of every record cost more than the rest of the mix), never repeats a
+text already chosen for the record, and with --match_length lies in the positive's word band.
 """
 from __future__ import annotations
 
@@ -27,18 +26,7 @@ import numpy as np
 POOL_DOCS = 4096
 OFFER_PER_RECORD = 2
 MAX_CHARS = 20_000
-FINGERPRINT_CHARS = 24
 _STREAM = 0xEA5
-
-
-def fingerprint(text: str) -> tuple[int, str, str]:
-    """Equal for equal texts: (length, first and last FINGERPRINT_CHARS characters)."""
-    return len(text), text[:FINGERPRINT_CHARS], text[-FINGERPRINT_CHARS:]
-
-
-def own_fingerprints(documents: list[str]) -> frozenset:
-    """What `EasyPool.pick` compares against: the fingerprints of a record's documents."""
-    return frozenset(map(fingerprint, documents))
 
 
 def offers(documents: list[str], candidates: np.ndarray, seed: int, line_number: int,
@@ -61,7 +49,6 @@ class _Doc:
     text: str
     lowered: str
     words: int
-    fingerprint: tuple[int, str, str]
 
 
 class EasyPool:
@@ -77,11 +64,11 @@ class EasyPool:
         for text, words in items:
             self.offered += 1
             if len(self.docs) < self.size:
-                self.docs.append(_Doc(text, text.lower(), words, fingerprint(text)))
+                self.docs.append(_Doc(text, text.lower(), words))
                 continue
             j = int(self.rng.integers(self.offered))
             if j < self.size:
-                self.docs[j] = _Doc(text, text.lower(), words, fingerprint(text))
+                self.docs[j] = _Doc(text, text.lower(), words)
 
     def pick(self, pending, n: int, taken: set) -> list[tuple[str, int]]:
         """Up to `n` (text, words) for a record (`mining.Pending`), in a seeded random order over
@@ -93,7 +80,7 @@ class EasyPool:
         sides: tuple[list, list] = ([], [])  # (at least as long as the positive, shorter)
         for j in self.rng.permutation(len(self.docs)).tolist():
             d = self.docs[j]
-            if d.fingerprint in pending.own_fingerprints or d.text in taken or not lo <= d.words <= hi:
+            if len(d.text) in pending.own_lengths or d.text in taken or not lo <= d.words <= hi:
                 continue
             if pending.needle and pending.needle in d.lowered:
                 continue

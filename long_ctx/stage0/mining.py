@@ -186,6 +186,13 @@ class Filtered:
     words: np.ndarray | None = None  # [C] word counts of the candidates (with --match_length)
     first_longer: bool = True  # --match_length: which side of the positive's length comes first
 
+    def at(self, docs: np.ndarray | list[int]) -> np.ndarray:
+        """Positions of candidate documents `docs` in `candidates` (ascending)."""
+        return np.searchsorted(self.candidates, docs)
+
+    def rank_of(self, docs: list[int]) -> list[int]:
+        return self.ranks[self.at(docs)].tolist() if docs else []
+
     def balanced(self, docs: np.ndarray) -> np.ndarray:
         """`docs` (candidates, best first) with --match_length: negatives at least as long as the
         positive and shorter ones alternate, each side in its own order, `first_longer` deciding
@@ -195,8 +202,7 @@ class Filtered:
         label. Unchanged without --match_length."""
         if self.words is None or len(docs) < 2:
             return docs
-        word_of = dict(zip(self.candidates.tolist(), self.words.tolist()))
-        longer = np.array([word_of[d] >= self.positive_words for d in docs.tolist()])
+        longer = self.words[self.at(docs)] >= self.positive_words
         a, b = (docs[longer], docs[~longer]) if self.first_longer else (docs[~longer], docs[longer])
         n = min(len(a), len(b))
         out = np.empty_like(docs)
@@ -268,9 +274,8 @@ def choose_by_strategy(scores: np.ndarray, f: Filtered, strategy: str, k: int, s
     every = f.candidates[usable]
     picked = f.balanced(np.array(select_negatives(scores, every, strategy, len(every), seed, line_number),
                                  np.int64))[:k].tolist()
-    rank_of = dict(zip(f.candidates.tolist(), f.ranks.tolist()))
     kind = STRATEGY_KIND[strategy]
-    return Chosen(picked, [kind] * len(picked), [rank_of[i] for i in picked])
+    return Chosen(picked, [kind] * len(picked), f.rank_of(picked))
 
 
 @dataclass
@@ -282,26 +287,26 @@ class Pending:
     hard: list[tuple[int, int]]  # (document, rank), hardest first, at most K
     medium: list[tuple[int, int]]  # (document, rank), seeded random order, at most 2K
     needle: str  # the answer lowercased ("" = none): easy negatives never contain it
-    own_fingerprints: frozenset  # easy_pool.fingerprint of the record's documents: easy ones are never one
+    own_lengths: frozenset  # lengths of the record's documents: easy_pool.EasyPool.pick
     word_band: tuple[float, float]
-    lookup: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # document -> (text, score, words)
+    # document -> (text, score, words; None: not counted yet, resolve counts the chosen ones)
+    lookup: dict[int, tuple[str, float, int | None]] = field(default_factory=dict)
     positive_words: int | None = None  # with --match_length: easy ones alternate sides too (Filtered.balanced)
     first_longer: bool = True
 
 
 def mix_pending(scores: np.ndarray, f: Filtered, spec: MiningSpec, k: int, seed: int, line_number: int,
-                answer: str, own_fingerprints: Callable[[], frozenset]) -> Pending:
+                answer: str, own_lengths: Callable[[], frozenset]) -> Pending:
     """The worker's part of a mix: the hard list (in range, hardest first, at most K) and a seeded
     random order of the medium candidates (at most 2K: enough for K after the hard ones)."""
     counts = mix_counts(spec.mix, k)
     hard_idx = f.candidates[f.kept & f.in_range]
-    rank_of = dict(zip(f.candidates.tolist(), f.ranks.tolist()))
     hard = f.balanced(hard_idx[np.argsort(-scores[hard_idx], kind="stable")])[:k].tolist()
     med_idx = f.candidates[f.kept]
     medium = f.balanced(med_idx[np.random.default_rng([seed, line_number, _MEDIUM_STREAM]).permutation(len(med_idx))])
     medium = medium[: 2 * k].tolist()
-    return Pending(counts, [(d, rank_of[d]) for d in hard], [(d, rank_of[d]) for d in medium], answer.lower(),
-                   own_fingerprints() if counts[0] else frozenset(), spec.word_band(f.positive_words),
+    return Pending(counts, list(zip(hard, f.rank_of(hard))), list(zip(medium, f.rank_of(medium))), answer.lower(),
+                   own_lengths() if counts[0] else frozenset(), spec.word_band(f.positive_words),
                    positive_words=f.positive_words if spec.match_length is not None else None,
                    first_longer=f.first_longer)
 
@@ -368,8 +373,9 @@ class Negative:
     words: int
 
 
-def resolve(c: Chosen, lookup: Callable[[int], tuple[str, float, int]]) -> list[Negative]:
-    """`c`'s negatives with texts, scores and word counts (`lookup(document)` -> (text, score, words))."""
+def resolve(c: Chosen, lookup: Callable[[int], tuple[str, float, int | None]]) -> list[Negative]:
+    """`c`'s negatives with texts, scores and word counts (`lookup(document)` -> (text, score,
+    words or None to count them here))."""
     out, e = [], 0
     for d, kind, rank in zip(c.docs, c.kinds, c.ranks):
         if d < 0:
@@ -377,7 +383,7 @@ def resolve(c: Chosen, lookup: Callable[[int], tuple[str, float, int]]) -> list[
             e += 1
         else:
             text, score, words = lookup(d)
-            out.append(Negative(text, d + 1, kind, rank, score, words))
+            out.append(Negative(text, d + 1, kind, rank, score, word_count(text) if words is None else words))
     return out
 
 
@@ -401,11 +407,9 @@ def mine(view: Any, spec: MiningSpec, strategy: str, k: int, seed: int) -> tuple
         return choose_by_strategy(scores, f, strategy, k, seed, view.line_number), f
     if not f.kept.any():
         raise SkipRecord(empty_reason(f))
-    from long_ctx.stage0.easy_pool import own_fingerprints
-
-    p = mix_pending(scores, f, spec, k, seed, view.line_number, view.record.answer, lambda: own_fingerprints(docs))
+    p = mix_pending(scores, f, spec, k, seed, view.line_number, view.record.answer, lambda: frozenset(map(len, docs)))
     for d, _ in (*p.hard, *p.medium):
-        p.lookup[d] = (docs[d], float(scores[d]), word_count(docs[d]))
+        p.lookup[d] = (docs[d], float(scores[d]), int(words_cache[0][d]) if words_cache else None)
     return (p if p.counts[0] else finish(p)), f
 
 
