@@ -71,15 +71,19 @@ class EasyPool:
                 self.docs[j] = _Doc(text, text.lower(), words)
 
     def pick(self, pending, n: int, taken: set) -> list[tuple[str, int]]:
-        """Up to `n` (text, words) for a record (`mining.Pending`), in a seeded random order over
-        the pool; `taken` (texts already chosen for the record) is updated."""
+        """Up to `n` (text, words) for a record (`mining.Pending`), scanning the pool from a seeded
+        random place; `taken` (texts already chosen for the record) is updated."""
         if not self.docs or n <= 0:
             return []
         lo, hi = pending.word_band
         p = pending.positive_words
         sides: tuple[list, list] = ([], [])  # (at least as long as the positive, shorter)
-        for j in self.rng.permutation(len(self.docs)).tolist():
-            d = self.docs[j]
+        # From a seeded random place onwards, round the pool (its order is random already:
+        # replacements land at random places); cheaper than a permutation of it per record.
+        size = len(self.docs)
+        first = int(self.rng.integers(size))
+        for j in range(size):
+            d = self.docs[(first + j) % size]
             if len(d.text) in pending.own_lengths or d.text in taken or not lo <= d.words <= hi:
                 continue
             if pending.needle and pending.needle in d.lowered:
