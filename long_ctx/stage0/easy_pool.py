@@ -15,7 +15,8 @@ answer filter, whatever --filter_answer_docs says: an easy negative is off-topic
 is never one of the record's own documents (conservatively: a candidate as long, in characters, as
 one of them is never taken, so a few other ones are left out too, never the reverse; hashing or
 even slicing every document of every record cost more than the rest of the mix), never repeats a
-text already chosen for the record, and with --match_length lies in the positive's word band.
+text already chosen for the record, and with --match_length lies in the positive's word band. A draw examines at most MAX_SCAN
+entries of the pool, from a seeded random place; what it does not find there is a shortfall.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 POOL_DOCS = 4096
+#: Pool entries a record's draw examines at most (the main process's time per record stays small
+#: when few entries fit the record's length band).
+MAX_SCAN = 256
 OFFER_PER_RECORD = 2
 MAX_CHARS = 20_000
 _STREAM = 0xEA5
@@ -57,18 +61,27 @@ class EasyPool:
     def __init__(self, seed: int, size: int = POOL_DOCS) -> None:
         self.size = size
         self.docs: list[_Doc] = []
+        self.words = np.zeros(size, np.int64)  # [size] words of each entry (pick's band, vectorized)
         self.offered = 0
         self.rng = np.random.default_rng([seed, _STREAM])
+
+    def _put(self, j: int, text: str, words: int) -> None:
+        d = _Doc(text, text.lower(), words)
+        if j == len(self.docs):
+            self.docs.append(d)
+        else:
+            self.docs[j] = d
+        self.words[j] = words
 
     def offer(self, items: list[tuple[str, int]]) -> None:
         for text, words in items:
             self.offered += 1
             if len(self.docs) < self.size:
-                self.docs.append(_Doc(text, text.lower(), words))
+                self._put(len(self.docs), text, words)
                 continue
             j = int(self.rng.integers(self.offered))
             if j < self.size:
-                self.docs[j] = _Doc(text, text.lower(), words)
+                self._put(j, text, words)
 
     def pick(self, pending, n: int, taken: set) -> list[tuple[str, int]]:
         """Up to `n` (text, words) for a record (`mining.Pending`), scanning the pool from a seeded
@@ -82,11 +95,13 @@ class EasyPool:
         # replacements land at random places); cheaper than a permutation of it per record.
         size = len(self.docs)
         first = int(self.rng.integers(size))
-        for j in range(size):
-            d = self.docs[(first + j) % size]
-            if len(d.text) in pending.own_lengths or d.text in taken or not lo <= d.words <= hi:
-                continue
-            if pending.needle and pending.needle in d.lowered:
+        scan = min(size, MAX_SCAN)
+        words = self.words[:size]
+        w = np.concatenate((words[first:first + scan], words[: max(0, first + scan - size)]))
+        ok = np.flatnonzero((w >= lo) & (w <= hi))
+        for j in ((ok + first) % size).tolist():
+            d = self.docs[j]
+            if len(d.text) in pending.own_lengths or d.text in taken or (pending.needle and pending.needle in d.lowered):
                 continue
             side = sides[0 if p is None or d.words >= p else 1]
             if len(side) < n:

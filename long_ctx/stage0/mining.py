@@ -287,7 +287,7 @@ class Pending:
     hard: list[tuple[int, int]]  # (document, rank), hardest first, at most K
     medium: list[tuple[int, int]]  # (document, rank), seeded random order, at most 2K
     needle: str  # the answer lowercased ("" = none): easy negatives never contain it
-    own_lengths: frozenset  # lengths of the record's documents: easy_pool.EasyPool.pick
+    own_lengths: frozenset  # characters of each of the record's documents: easy_pool.EasyPool.pick
     word_band: tuple[float, float]
     # document -> (text, score, words; None: not counted yet, resolve counts the chosen ones)
     lookup: dict[int, tuple[str, float, int | None]] = field(default_factory=dict)
