@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np

@@ -15,8 +15,9 @@ answer filter, whatever --filter_answer_docs says: an easy negative is off-topic
 is never one of the record's own documents (conservatively: a candidate as long, in characters, as
 one of them is never taken, so a few other ones are left out too, never the reverse; hashing or
 even slicing every document of every record cost more than the rest of the mix), never repeats a
-text already chosen for the record, and with --match_length lies in the positive's word band. A draw examines at most MAX_SCAN
-entries of the pool, from a seeded random place; what it does not find there is a shortfall.
+text already chosen for the record, and with --match_length lies in the positive's word band. A draw examines at most
+MAX_SCAN entries of the pool, from a seeded random place; what it does not find there is a
+shortfall.
 """
 from __future__ import annotations
 
@@ -101,7 +102,9 @@ class EasyPool:
         ok = np.flatnonzero((w >= lo) & (w <= hi))
         for j in ((ok + first) % size).tolist():
             d = self.docs[j]
-            if len(d.text) in pending.own_lengths or d.text in taken or (pending.needle and pending.needle in d.lowered):
+            if len(d.text) in pending.own_lengths or d.text in taken:
+                continue
+            if pending.needle and pending.needle in d.lowered:
                 continue
             side = sides[0 if p is None or d.words >= p else 1]
             if len(side) < n:

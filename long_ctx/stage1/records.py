@@ -231,7 +231,8 @@ def detect_mode(lines: list[bytes]) -> str | None:
         except orjson.JSONDecodeError:
             continue
         if is_flag_embedding_line(obj):
-            raise UsageError(f"the input is stage 0's --output_format flag_embedding jsonl (query/pos/neg); {NATIVE_ONLY}")
+            raise UsageError("the input is stage 0's --output_format flag_embedding jsonl (query/pos/neg); "
+                             + NATIVE_ONLY)
         mode = line_mode(obj)
         if mode is not None:
             return mode
