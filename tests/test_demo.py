@@ -53,6 +53,8 @@ def test_quick_demo_end_to_end(tmp_path):
         in proc.stdout
     padding = orjson.loads((out / "stage2" / "padding.json").read_bytes())
     assert padding["max_length"] == summary["max_length"] and padding["truncated_rows"] == 0
+    # The trainer's opening line names the metric it resolved (the default, not the unset flag).
+    assert "best checkpoint: eval_group_top1 (higher is better)" in proc.stdout
     results = orjson.loads((out / "eval" / "results.json").read_bytes())
     assert results["model"]["step"] == best["step"]
     assert results["num_questions"] == summary["held_out_lines"] - sum(results["skipped"].values()) > 0

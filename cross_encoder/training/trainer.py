@@ -468,7 +468,7 @@ class _Trainer:
                  f"{self.eval_groups.size} eval{pools} | trainable {self.n_trainable:,} of {self.n_total:,} params | "
                  f"{self.total_steps} steps, {rt.world_size} process(es) on {rt.device}, {rt.precision}")
         if self.best is not None:
-            self.log(f"best checkpoint: {c.metric_for_best_model} ({'higher' if c.greater_is_better else 'lower'} is "
+            self.log(f"best checkpoint: {self.best.metric} ({'higher' if self.best.greater_is_better else 'lower'} is "
                      f"better) -> {self.out / BEST_NAME}"
                      + (f"; early stopping after {c.early_stopping_patience} evaluations without improvement"
                         if c.early_stopping_patience else ""))
