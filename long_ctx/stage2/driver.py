@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from long_ctx.common.atomic import atomic_dir, check_output_dir, write_json
-from long_ctx.common.dataset_card import SHARD_GLOB, length_table, markdown_table, write_dataset_card
+from long_ctx.common.dataset_card import SHARD_GLOB, markdown_table, write_dataset_card
 from long_ctx.common.lengths import LengthCounter, plot_length_histograms
 from long_ctx.common.parquet_shards import ShardWriter
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage2.pool_output import print_pool_summary, write_pool_dataset
-from long_ctx.stage2.rows import MAX_TOKEN_ID, OUTPUT_SCHEMA, pack_rows, special_ids_note
+from long_ctx.stage2.rows import MAX_TOKEN_ID, OUTPUT_SCHEMA, card_sections, pack_rows
 from long_ctx.stage2.source import Stage1Dataset, iter_stage1_batches, open_stage1
 
 PADDING_FILE = "padding.json"
@@ -206,13 +206,8 @@ def _write_card(path: Path, s: dict, name: str) -> None:
             f"positive first). Read the special ids from `{PADDING_FILE}` instead of assuming them. "
             "Load with `datasets.load_dataset(DIR, split=\"train\")`."
         ),
-        sections=[
-            ("Settings", settings),
-            ("Counts", counts + special_ids_note(s["rows_with_special_ids_in_text"])),
-            ("Row lengths", length_table({"row (kept)": s["length"], "needed before truncation": s["needed_length"]})
-             + f"\n\n![row lengths]({PLOT_FILE})"),
-            ("Files", f"Shards: {', '.join(s['shards'])}. Full summary: `{PADDING_FILE}`."),
-        ],
+        sections=card_sections(s, settings, counts, {"row (kept)": s["length"], "needed before truncation":
+                                                     s["needed_length"]}, PLOT_FILE, PADDING_FILE),
     )
 
 

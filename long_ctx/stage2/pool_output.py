@@ -13,12 +13,12 @@ from typing import Any
 
 
 from long_ctx.common.atomic import write_json
-from long_ctx.common.dataset_card import length_table, markdown_table, write_dataset_card
+from long_ctx.common.dataset_card import markdown_table, write_dataset_card
 from long_ctx.common.lengths import LengthCounter, plot_length_histograms
 from long_ctx.common.parquet_shards import ShardWriter
 from long_ctx.common.progress import progress_bar
 from long_ctx.stage2.pool_rows import POOL_SCHEMA, pack_pool_rows
-from long_ctx.stage2.rows import special_ids_note
+from long_ctx.stage2.rows import card_sections
 from long_ctx.stage2.source import Stage1Dataset, iter_pool_batches
 
 ROW_FORMAT = "pool"
@@ -141,14 +141,9 @@ def _write_card(path: Path, s: dict, name: str, padding_file: str, plot_file: st
             f"alone do not fit had the gold's tail cut. Read the special ids from `{padding_file}`. Load with "
             "`datasets.load_dataset(DIR, split=\"train\")`."
         ),
-        sections=[
-            ("Settings", settings),
-            ("Counts", counts + special_ids_note(s["rows_with_special_ids_in_text"])),
-            ("Row lengths", length_table({"row (kept)": s["length"], "needed before truncation": s["needed_length"],
-                                          "documents per row": s["documents_per_row"]})
-             + f"\n\n![row lengths]({plot_file})"),
-            ("Files", f"Shards: {', '.join(s['shards'])}. Full summary: `{padding_file}`."),
-        ],
+        sections=card_sections(s, settings, counts, {"row (kept)": s["length"], "needed before truncation":
+                               s["needed_length"], "documents per row": s["documents_per_row"]},
+                               plot_file, padding_file),
     )
 
 

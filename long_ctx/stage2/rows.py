@@ -11,6 +11,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from long_ctx.common.dataset_card import length_table
+
 MAX_TOKEN_ID = 65535  # rows are stored as uint16
 
 
@@ -20,6 +22,19 @@ def special_ids_note(rows: int) -> str:
         return ""
     return (f"\n\n{rows:,} row(s) contain a SEP/CLS/PAD id inside their text; choose ids outside the vocab "
             "(65530..65535) to avoid that.")
+
+
+def card_sections(s: dict, settings: str, counts: str, lengths: dict, plot_file: str,
+                  padding_file: str) -> list[tuple[str, str]]:
+    """The dataset card's sections shared by passage and pool rows (`s`: the padding.json summary)."""
+    return [
+        ("Settings", settings),
+        ("Counts", counts + special_ids_note(s["rows_with_special_ids_in_text"])),
+        ("Row lengths", length_table(lengths) + f"\n\n![row lengths]({plot_file})"),
+        ("Files", f"Shards: {', '.join(s['shards'])}. Full summary: `{padding_file}`."),
+    ]
+
+
 OUTPUT_SCHEMA = pa.schema(
     [
         pa.field("input_ids", pa.list_(pa.uint16())),  # exactly max_length ids
