@@ -189,3 +189,17 @@ def test_raw_pools_split_over_two_processes_give_the_one_process_metrics():
     two = RawPoolEval(SAMPLE, 20, ce_config, rank=0, world_size=2).evaluate(model, lambda mine: [mine, shares[0]])
     assert 0 < len(shares[0]) < one["eval_pools"] == 20
     assert two == one
+
+
+def test_stop_reason_names_the_best_value_and_survives_only_nan_evaluations():
+    from cross_encoder.training.best import BestTracker
+
+    t = BestTracker("eval_loss", greater_is_better=False, patience=2)
+    for step, v in ((1, 0.5), (2, 0.25), (3, 0.3), (4, 0.25)):  # 0.25 again is no improvement
+        t.update(step, {"eval_loss": v})
+    assert (t.value, t.step, t.evals_without_improvement) == (0.25, 2, 2)
+    assert t.stop_reason.endswith("best 0.25 at step 2")
+    nan = BestTracker("eval_loss", greater_is_better=False, patience=2)
+    for step in (1, 2):
+        nan.update(step, {"eval_loss": float("nan")})
+    assert nan.value is None and "did not improve for 2 evaluations" in nan.stop_reason

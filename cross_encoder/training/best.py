@@ -75,7 +75,8 @@ class BestTracker:
         by = f" by more than {self.threshold:g}" if self.threshold else ""
         n = self.evals_without_improvement
         return (f"early stopping: {self.metric} did not improve{by} for {n} evaluation{'s' * (n != 1)} "
-                f"(--early_stopping_patience {self.patience}); best {self.value} at step {self.step}")
+                f"(--early_stopping_patience {self.patience}); best "
+                + (f"{self.value:.4g} at step {self.step}" if self.value is not None else "none (every value was NaN)"))
 
     def row(self) -> dict[str, Any]:
         """What an evaluation row of metrics.jsonl records about the selection."""
