@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from cross_encoder.modeling.adapter_dirs import BEST_NAME, CE_CONFIG_NAME, CHECKPOINT_RE, FINAL_NAME
+from cross_encoder.modeling.adapter_dirs import BEST_NAME, CE_CONFIG_NAME, CHECKPOINT_RE, FINAL_NAME, find_adapter
 from cross_encoder.training.outputs.log import read_metrics
 from cross_encoder.training.outputs.run_dir import CONFIG_NAME, METRICS_NAME, PLOT_NAME, check_output_dir
 from long_ctx.common.atomic import atomic_file, write_json
@@ -205,12 +205,14 @@ def _random_model(runner: _Runner, title: str, path: Path, n_layer: int, n_embd:
 def best_checkpoint(train: Path) -> dict[str, Any] | None:
     """What `--adapter OUT` uses when the run kept a best/ (its step, metric and value), printed
     with the steps that were evaluated; None when the run kept none (then final/ is used)."""
-    best = train / BEST_NAME / CE_CONFIG_NAME
-    if not best.is_file():
-        print(f"\n{_show(train)} has no best/ (nothing was evaluated): --adapter {_show(train)} uses its final/",
-              flush=True)
+    # The evaluator's own resolution, so the line names the folder it really loads.
+    found = find_adapter(train, need_state=False, prefer_best=True)
+    if found is None or found.path.name != BEST_NAME:
+        used = _show(found.path) if found is not None else "nothing"
+        print(f"\n{_show(train)} has no intact best/ (nothing was evaluated, or it is damaged): --adapter "
+              f"{_show(train)} uses {used}", flush=True)
         return None
-    info = orjson.loads(best.read_bytes())["best"]
+    info = orjson.loads((found.path / CE_CONFIG_NAME).read_bytes())["best"]
     evaluated = [r["step"] for r in read_metrics(train / METRICS_NAME) if info["metric"] in r]
     print(f"\n--adapter {_show(train)} uses {_show(train / BEST_NAME)}: step {info['step']}, the best {info['metric']} "
           f"({info['value']:.4f}, {'higher' if info['greater_is_better'] else 'lower'} is better) of the "

@@ -203,3 +203,39 @@ def test_stop_reason_names_the_best_value_and_survives_only_nan_evaluations():
     for step in (1, 2):
         nan.update(step, {"eval_loss": float("nan")})
     assert nan.value is None and "did not improve for 2 evaluations" in nan.stop_reason
+
+
+def test_best_left_by_an_abandoned_continuation_or_an_earlier_run_never_wins_adapter_out(assets, tmp_path):
+    """best/ written after the step a run resumes from, for an evaluation the resumed run does not
+    repeat (another --eval_every), is rebuilt from checkpoint-<best step> or removed; a best/ of an
+    earlier run in a folder a fresh run starts in is removed. --adapter OUT then means this run."""
+    def ce(p):
+        return orjson.loads((p / "cross_encoder_config.json").read_bytes())
+
+    common = dict(max_steps=8, lr=2e-2, save_every=2, save_total_limit=0, metric_for_best_model="eval_loss",
+                  greater_is_better=True)  # eval_loss rises on the toy task: the best moves to later steps
+    out = tmp_path / "a"
+
+    def interrupt(step):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(toy_config(assets, out, lora_ckpt=str(out), eval_every=1, **common), on_step=interrupt)
+    assert ce(out / "best")["step"] == 3  # written after checkpoint-2, the step a resume continues
+    s = train(toy_config(assets, out, lora_ckpt=str(out), eval_every=4, **common))
+    rows = [r for r in read_metrics_rows(out) if "eval_loss" in r]
+    best_step = max(rows, key=lambda r: (r["eval_loss"], -r["step"]))["step"]  # the first of the highest
+    assert s["best"]["step"] == best_step
+    if (out / f"checkpoint-{best_step}").is_dir():
+        assert ce(out / "best")["step"] == ce(out / "best")["best"]["step"] == best_step
+        assert_same_adapter(adapter_weights(out / "best"), adapter_weights(out / f"checkpoint-{best_step}"))
+    else:
+        assert not (out / "best").exists() and resolve_adapter_dir(out) == out / "final"
+
+    fresh = tmp_path / "b"
+    with pytest.raises(Interrupt):
+        train(toy_config(assets, fresh, lora_ckpt=str(fresh), max_steps=4, eval_every=1), on_step=interrupt)
+    assert sorted(p.name for p in fresh.iterdir() if p.is_dir()) == ["best"]  # no checkpoint to resume
+    train(toy_config(assets, fresh, lora_ckpt=str(fresh), max_steps=4, eval_fraction=0.0))
+    assert not (fresh / "best").exists() and resolve_adapter_dir(fresh) == fresh / "final"

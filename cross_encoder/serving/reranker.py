@@ -123,7 +123,7 @@ class Reranker:
                         max_length: int | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
                         pool_window: int | None = None) -> "Reranker":
         """Load the base checkpoint and the adapter (a checkpoint folder, or a training output
-        folder: its final/ or newest checkpoint) once, LoRA merged into the weights.
+        folder: its best/, else final/, else newest checkpoint) once, LoRA merged into the weights.
 
         dtype None: fp32 on CPU, bf16 on CUDA. max_length None: the training rows' length.
         pool_window (pool adapters): documents per window; None: the training K; 0: all.

@@ -16,22 +16,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import orjson
 import torch
 from peft import PeftModel
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cross_encoder.modeling import CrossEncoder, attach_lora, check_model_file, load_ce_config, make_lora_config
 from cross_encoder.modeling.model import HEAD_NAME
+from cross_encoder.modeling.adapter_dirs import CE_CONFIG_NAME, adapter_problem
 from cross_encoder.modeling.loading import architecture, check_architecture, model_fingerprint
 from cross_encoder.runtime import Runtime, maybe_no_sync, setup_runtime, teardown_runtime
 from cross_encoder.rwkv5 import load_rwkv5
-from cross_encoder.training.best import BestTracker, resolve_metric
+from cross_encoder.training.best import BestTracker, infer_greater_is_better, resolve_metric
 from cross_encoder.training.outputs.checkpoints import (BEST_NAME, CHECKPOINT_RE, FINAL_NAME, checkpoint_step,
                                                         load_training_state, remove_stale_dirs, rotate_checkpoints,
                                                         save_checkpoint)
@@ -44,7 +48,7 @@ from cross_encoder.training.losses import ACCURACY_THRESHOLD, NEEDS_WHOLE_GROUPS
 from cross_encoder.training.metrics import all_metrics, metric_names, pool_metrics
 from cross_encoder.training.outputs.run_dir import (flag_differences, newest_note, other_differences, plan_resume,
                                             refuse_resume, saved_flags)
-from long_ctx.common.atomic import write_json
+from long_ctx.common.atomic import atomic_dir, write_json
 from long_ctx.common.cli import UsageError
 from long_ctx.common.progress import progress_bar
 
@@ -143,6 +147,7 @@ class _Trainer:
                                          "eval_row_top1" if is_pool else "eval_group_top1")
         if c.early_stopping_patience is not None and metric is None:
             raise UsageError("--early_stopping_patience needs an evaluation: --eval_fraction > 0 or --eval_input_file")
+        self.metric_given = c.metric_for_best_model is not None
         self.c = dataclasses.replace(c, metric_for_best_model=metric, greater_is_better=greater)
 
     def check_resume_data(self) -> None:
@@ -168,6 +173,13 @@ class _Trainer:
                              f"{c.ctx_len}; pass --ctx_len {self.rows.max_length} or keep trimming on")
         self.spans = group_spans(self.rows)
         self.train_groups, self.eval_groups = split_groups(self.spans.n_groups, c.eval_fraction, c.seed)
+        if c.metric_for_best_model in self.row_metrics and self.eval_groups.size == 0 and not self.metric_given \
+                and c.early_stopping_patience is None:
+            # Only the default was unavailable (a tiny dataset): select on the raw pools, or on nothing.
+            pool = self.pool_eval_cls.metric_names() if c.eval_input_file else []
+            metric = pool[0] if pool else None
+            c = self.c = dataclasses.replace(c, metric_for_best_model=metric,
+                                             greater_is_better=infer_greater_is_better(metric) if metric else None)
         if c.metric_for_best_model in self.row_metrics and self.eval_groups.size == 0:
             raise ValueError(f"--eval_fraction {c.eval_fraction} holds out no group of {self.spans.n_groups}, so "
                              f"{c.metric_for_best_model} is never computed; raise --eval_fraction or pick an "
@@ -226,16 +238,38 @@ class _Trainer:
             if rt.distributed else self.peft_model
         self.loss_fn = get_loss(c.loss)
 
-    def note_later_best(self) -> None:
-        """best/ written by the interrupted run after the step resumed from is redone with it."""
+    def reconcile_best(self) -> None:
+        """best/ holds this run's best step or nothing. A best/ written by the interrupted run after
+        the step resumed from (an evaluation the resumed run may never repeat, e.g. with another
+        --eval_every), or by an earlier run in this folder, would otherwise win `--adapter OUT`:
+        it is rebuilt from checkpoint-<best step> when that is kept, else removed."""
         best = self.out / BEST_NAME
+        if not best.is_dir():
+            return
         try:
-            step = checkpoint_step(best) if best.is_dir() else None
+            step = checkpoint_step(best)
         except (OSError, KeyError, TypeError, ValueError):
             step = None
-        if step is not None and step > self.step:
-            self.log(f"note: {best} is from step {step}, after the resumed step {self.step}; it is rewritten when the "
-                     "run evaluates better again (the same weights, for the same run)")
+        want = self.best.step if self.best is not None else None
+        if step is not None and step == want:
+            return
+        src = self.out / f"checkpoint-{want}"
+        if want is not None and adapter_problem(src) is None:
+            with atomic_dir(best) as tmp:
+                for f in src.iterdir():
+                    if f.is_file():
+                        shutil.copy2(f, tmp / f.name)
+                ce = orjson.loads((tmp / CE_CONFIG_NAME).read_bytes())
+                write_json(tmp / CE_CONFIG_NAME, {**ce, "best": self.best.summary()})
+            what = f"rebuilt from {src.name}"
+        else:
+            gone = best.with_name(f".{best.name}.old-{os.getpid()}")  # removed as one rename, then deleted
+            os.replace(best, gone)
+            shutil.rmtree(gone)
+            what = "removed" + (f" (checkpoint-{want} is gone; best/ is written again at the next improvement)"
+                                if want is not None else "")
+        self.log(f"note: {best} was from step {step}, not this run's best so far "
+                 f"({'none yet' if want is None else f'step {want}'}): {what}")
 
     def check_model_fits(self, rwkv, resume: Path | None) -> None:
         top = int(self.rows.tokens.max()) if self.rows.tokens.size else 0
@@ -451,12 +485,12 @@ class _Trainer:
         torch.manual_seed(c.seed + 1 + rt.rank)
         if resume is not None:
             self.restore(self.resume_state)
-            self.note_later_best()
         start_step = self.step
         if rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             if remove_stale_dirs(self.out):
                 self.log(f"removed half-written checkpoint folders left in {self.out} by a killed run")
+            self.reconcile_best()
             dropped = truncate_metrics(self.out / "metrics.jsonl", self.step) if resume is not None else 0
             if dropped:
                 self.log(f"dropped {dropped} metrics.jsonl rows after step {self.step} (that work is redone)")
@@ -613,7 +647,9 @@ class _Trainer:
                    "processed_over_real": proc / real if real else None, "elapsed_s": elapsed,
                    "final_dir": str(self.out / FINAL_NAME), **final_eval}
         outcome = {"best": self.best.summary() if self.best else None, "stopped_early": self.stopped_early}
-        summary.update(outcome, best_dir=str(self.out / BEST_NAME) if self.best and self.best.step is not None else None)
+        # best/ can be missing: a resume whose best step's checkpoint was rotated away (reconcile_best).
+        has_best = self.best is not None and self.best.step is not None and (self.out / BEST_NAME).is_dir()
+        summary.update(outcome, best_dir=str(self.out / BEST_NAME) if has_best else None)
         if rt.is_main:
             write_json(self.out / "config.json", {**self.run_config(self.resume), "outcome": outcome})
             plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
@@ -622,8 +658,10 @@ class _Trainer:
             self.log(f"done: steps {start_step}->{self.step} in {elapsed:.1f}s | tokens real {real:,.0f}, "
                      f"processed {proc:,.0f} ({summary['processed_over_real'] or 0:.2f}x) | "
                      f"{real / max(elapsed, 1e-9):,.0f} real tok/s" + (f"\neval: {ev}" if ev else ""))
-            if summary["best_dir"]:
-                self.log(f"best: step {self.best.step}, {self.best.metric} {self.best.value:.4f} -> {summary['best_dir']}")
+            if self.best is not None and self.best.step is not None:
+                self.log(f"best: step {self.best.step}, {self.best.metric} {self.best.value:.4f} -> "
+                         + (summary["best_dir"] or "not kept (its checkpoint was gone when this run resumed); "
+                            "--adapter OUT uses final/"))
             self.log(f"outputs: {self.out / FINAL_NAME}, {self.out / 'metrics.jsonl'}, {self.out / 'loss.png'}, "
                      f"{self.out / 'config.json'}")
         return summary
