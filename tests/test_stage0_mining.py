@@ -6,6 +6,9 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+import subprocess
+import sys
+
 import datasets
 import numpy as np
 import orjson
@@ -198,13 +201,19 @@ def test_flag_embedding_lines_have_its_keys_and_types(tmp_path, truth):
 
 
 def test_sentence_transformers_folder_loads_and_stages_1_2_refuse_exports(tmp_path):
-    flags = dict(num_negatives=3, negative_mix="1:1:1", seed=5)
+    # --match_length leaves some records fewer than 3 negatives: they get no row.
+    flags = dict(num_negatives=3, negative_mix="0:1:1", match_length=0.1, seed=5)
     native, _ = run(tmp_path, "n.jsonl", **flags)
     folder, stats = run(tmp_path, "st", output_format="sentence_transformers", **flags)
     ds = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.column_names == ["query", "positive", "negative_1", "negative_2", "negative_3"]
     expected = [r for r in lines(native) if len(r["negatives"]) == 3]
-    assert len(ds) == len(expected) == stats["rows_written"] > 0
+    assert len(expected) < len(lines(native))
+    assert len(ds) == len(expected) == stats["rows_written"] == stats["records_written"] > 0
+    # A record that has no row is a skip (by reason), not a written record the stats describe.
+    dropped = len(lines(native)) - len(expected)
+    assert stats["records_dropped_fewer_negatives"] == stats["skipped_by_reason"].get(
+        "fewer_negatives_than_columns", 0) == dropped
     for got, r in zip(ds, expected):
         assert [got["query"], got["positive"], got["negative_1"], got["negative_2"], got["negative_3"]] == \
             [r["question"], r["positive"], *r["negatives"]]
@@ -230,3 +239,13 @@ def test_sentence_transformers_folder_loads_and_stages_1_2_refuse_exports(tmp_pa
 def test_flags_a_mode_cannot_honour_are_refused(tmp_path, flags):
     with pytest.raises(ValueError, match="--"):
         main(Stage0Config(str(SAMPLE), str(tmp_path / "o.jsonl"), progress=False, **flags))
+
+
+def test_sentence_transformers_export_with_no_complete_row_is_a_one_line_error(tmp_path):
+    # 250 negatives: no pool of the sample has that many documents (10-200).
+    out = tmp_path / "st"
+    proc = subprocess.run([sys.executable, "long_ctx/0_create_q_p_n.py", "--input_file", str(SAMPLE), "--output_file",
+                           str(out), "--num_negatives", "250", "--limit", "3", "--output_format", "sentence_transformers",
+                           "--no_progress"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("error: no record has 250 negatives"), proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

@@ -139,6 +139,9 @@ class Stage0Config:
         return self.pool_docs - 1 if self.mode == "pool" else self.num_negatives
 
 
+#: Skip reason of a record the sentence_transformers format cannot hold (its negative_1..K columns).
+FEWER_THAN_COLUMNS = "fewer_negatives_than_columns"
+
 # (line_number, what the sink writes (`export.encode`; the output object itself while the main
 # process still has to finish it) or None, skip reason or None, documents in the record (0 if it
 # did not parse), documents left out as identical to the positive, the mode's per-record info)
@@ -271,8 +274,9 @@ def main(cfg: Stage0Config) -> dict:
                         payload = encode(cfg.output_format, payload, info)
                 if payload is None:
                     skipped[reason] += 1
+                elif not sink.write(payload):
+                    skipped[FEWER_THAN_COLUMNS] += 1
                 else:
-                    sink.write(payload)
                     written += 1
                     docs_per_record[n_docs] += 1
                     short += info["negatives"] < cfg.num_negatives
@@ -354,7 +358,8 @@ def print_summary(stats: dict, file=sys.stdout) -> None:
     lines += mining_lines(stats)
     lines += get_mode(stats["mode"]).new_stats().lines(stats)
     if stats.get("records_dropped_fewer_negatives"):
-        lines.append(f"  records with fewer than {stats['config']['num_negatives']} negatives, left out of the "
+        k = stats["config"]["pool_docs"] - 1 if stats["mode"] == "pool" else stats["config"]["num_negatives"]
+        lines.append(f"  records with fewer than {k} negatives, left out of the "
                      f"sentence_transformers columns {stats['records_dropped_fewer_negatives']:,}")
     lines.append(f"  stats            {stats_path(stats['output_file'], stats.get('output_format', 'native'))}")
     print("\n".join(lines), file=file)

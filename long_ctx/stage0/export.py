@@ -84,10 +84,10 @@ class JsonlSink:
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
-        self.dropped = 0
 
-    def write(self, payload: bytes) -> None:
+    def write(self, payload: bytes) -> bool:
         self.stream.write(payload)
+        return True
 
     def finish(self, stats: dict[str, Any]) -> None:
         pass
@@ -105,17 +105,20 @@ class ParquetSink:
         self.schema = pa.schema([pa.field(n, pa.string()) for n in self.names])
         self.writer = ShardWriter(folder, self.schema, ROWS_PER_SHARD, ROW_GROUP_ROWS, use_dictionary=False)
         self.rows: list[list[str]] = []
-        self.dropped = 0
+        self.dropped = self.kept = 0
         self.shards: list[Path] = []
 
-    def write(self, payload: tuple[str, str, list[str]]) -> None:
+    def write(self, payload: tuple[str, str, list[str]]) -> bool:
+        """False (nothing written) for a record with fewer than K negatives: the columns are fixed."""
         query, pos, negs = payload
         if len(negs) < self.k:
             self.dropped += 1
-            return
+            return False
         self.rows.append([query, pos, *negs[: self.k]])
+        self.kept += 1
         if len(self.rows) == ROW_GROUP_ROWS:
             self._flush()
+        return True
 
     def _flush(self) -> None:
         columns = list(zip(*self.rows))
@@ -125,6 +128,11 @@ class ParquetSink:
     def finish(self, stats: dict[str, Any]) -> None:
         if self.rows:
             self._flush()
+        if not self.kept:
+            # An empty folder would "load" only to fail in datasets with "corresponds to no data".
+            raise ValueError(f"no record has {self.k} negatives for the n-tuple columns negative_1..{self.k} "
+                             f"({self.dropped:,} had fewer); lower --num_negatives / --pool_docs or loosen the "
+                             "mining flags")
         self.shards = self.writer.close()
         stats["rows_written"] = self.writer.num_rows
         stats["shards"] = [p.name for p in self.shards]
