@@ -249,3 +249,24 @@ def test_sentence_transformers_export_with_no_complete_row_is_a_one_line_error(t
                            "--no_progress"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().startswith("error: no record has 250 negatives"), proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_max_score_ratio_never_keeps_a_negative_above_a_gold_with_a_negative_score():
+    from long_ctx.stage0.mining import MiningSpec, filter_candidates
+    from rank_bm25 import BM25Okapi
+
+    # Every query term is in every document, so rank_bm25's idf (and every score) is negative.
+    docs = ["red apple tree", "red apple tree red apple tree red apple tree grows", "red apple tree red",
+            "red apple tree x"]
+    scores = BM25Okapi([d.split() for d in docs]).get_scores("red apple tree".split())
+    gold = 1
+    assert scores[gold] < 0 and max(scores[i] for i in (0, 2, 3)) > scores[gold]
+    f = filter_candidates(scores, np.array([0, 2, 3]), gold, MiningSpec(max_score_ratio=0.5), 3,
+                          lambda: np.zeros(4, np.int64), 3)
+    kept = [d for d, k in zip([0, 2, 3], f.kept) if k]
+    assert all(scores[d] < scores[gold] for d in kept)
+    # With a positive gold the bound is R x its score, as in sentence-transformers' relative_margin.
+    pos = np.array([4.0, 1.0, 2.1, 1.9])
+    f = filter_candidates(pos, np.array([1, 2, 3]), 0, MiningSpec(max_score_ratio=0.5), 3,
+                          lambda: np.zeros(4, np.int64), 3)
+    assert f.kept.tolist() == [True, False, True]

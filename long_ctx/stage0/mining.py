@@ -211,6 +211,13 @@ class Filtered:
         return out
 
 
+def margin_limit(gold_score: float, ratio: float) -> float:
+    """--max_score_ratio's bound: a negative must score below it. R x the gold's score; for a gold
+    scoring <= 0 (BM25 idf goes negative when most query terms are in most documents) R x would
+    lie *above* the gold, so the bound is the gold's score lowered by (1 - R) x its magnitude."""
+    return ratio * gold_score if gold_score > 0 else gold_score - (1 - ratio) * abs(gold_score)
+
+
 def filter_candidates(scores: np.ndarray, candidates: np.ndarray, gold: int, spec: MiningSpec, wanted: int,
                       doc_words: Callable[[], np.ndarray], positive_words: int, first_longer: bool = True) -> Filtered:
     """Ranks and filters (module docstring). `doc_words()` gives [N] word counts of every document
@@ -223,7 +230,7 @@ def filter_candidates(scores: np.ndarray, candidates: np.ndarray, gold: int, spe
         in_range = (ranks >= a) & (ranks <= b)
     margin_ok = np.ones(n, bool)
     if spec.max_score_ratio is not None:
-        margin_ok = scores[candidates] < spec.max_score_ratio * scores[gold]
+        margin_ok = scores[candidates] < margin_limit(float(scores[gold]), spec.max_score_ratio)
     length_ok = np.ones(n, bool)
     w = None
     if spec.match_length is not None:

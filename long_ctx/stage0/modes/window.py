@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from long_ctx.common.lengths import LengthCounter
-from long_ctx.stage0.mining import word_count
+from long_ctx.stage0.mining import margin_limit, word_count
 from long_ctx.stage0.modes import RecordView
 from long_ctx.stage0.negatives import STRATEGIES
 from long_ctx.stage0.nq_format import SkipRecord
@@ -376,7 +376,7 @@ class WindowMode:
         if cfg.max_score_ratio is not None:
             # The margin is a per-document rule here: a document scoring >= R x the gold's is left
             # out of every negative window (like the answer filter), before the windows are built.
-            ok = view.scores[view.candidates] < cfg.max_score_ratio * view.scores[view.gold]
+            ok = view.scores[view.candidates] < margin_limit(float(view.scores[view.gold]), cfg.max_score_ratio)
             drops["margin"] = int((~ok).sum())
             view = dataclasses.replace(view, candidates=view.candidates[ok])
         w = build_windows(view, WindowSpec.from_config(cfg))
