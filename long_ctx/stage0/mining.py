@@ -455,9 +455,11 @@ def mining_lines(stats: dict[str, Any]) -> list[str]:
     m = stats.get("mining")
     if not m:
         return []
-    kinds = "  ".join(f"{k} {v:,}" for k, v in m["negatives_by_kind"].items()) or "none"
+    kinds = "  ".join(f"{k} {v:,}" for k, v in m["negatives_by_kind"].items())
     drops = "  ".join(f"{k} {v:,}" for k, v in m["candidates_dropped_by_reason"].items())
-    out = [f"  negatives        {kinds}", f"  dropped          {drops}  (candidates, by filter)"]
+    # (window mode records no kinds: its negatives are windows, not one ranked document each)
+    out = [f"  negatives        {kinds}"] if kinds else []
+    out.append(f"  dropped          {drops}  (candidates, by filter)")
     short = {k: v for k, v in m["mix_shortfall_by_kind"].items() if v}
     if short:
         out.append("  mix shortfall    " + "  ".join(f"{k} {v:,}" for k, v in short.items())
@@ -510,6 +512,8 @@ def word_lines(stats: dict[str, Any]) -> list[str]:
     out = [f"  words            positive mean {p['mean']:.1f} median {p['median']}, negative mean {n['mean']:.1f} "
            f"median {n['median']}; positive longer in {w['positive_longer_share']:.1%} of {w['pairs']:,} pairs"]
     if w["warning"]:
+        hint = ("window negatives are matched in tokens (--context_tolerance), not words"
+                if stats.get("mode") == "window" else "try --match_length 0.2")
         out.append(f"  warning: the positive is the longer text in more than {LONGER_SHARE_WARNING:.0%} of pairs, so "
-                   "length alone tells the label; try --match_length 0.2 (docs/stage0.md)")
+                   f"length alone tells the label; {hint} (docs/stage0.md)")
     return out
