@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from long_ctx.stage0.bm25.codepoints import JoinedDocs
+from long_ctx.stage0.bm25.codepoints import JoinedDocs, tables
 from long_ctx.stage0.bm25.scoring import STREAM_CHARS, iter_whitespace
 from long_ctx.stage0.negatives import select_negatives
 from long_ctx.stage0.nq_format import SkipRecord
@@ -137,11 +137,6 @@ def word_count(text: str) -> int:
     return sum(1 for _ in iter_whitespace(text))
 
 
-# Every character str.isspace() (and so str.split()) treats as whitespace.
-_WHITESPACE = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 133, 160, 5760, *range(8192, 8203), 8232, 8233,
-                        8239, 8287, 12288], dtype=np.int64)
-_IS_SPACE = np.zeros(1 << 16, bool)  # [65536]: whether a BMP code point is whitespace (none beyond)
-_IS_SPACE[_WHITESPACE] = True
 def document_word_counts(joined: JoinedDocs) -> np.ndarray:
     """[N] int64 `len(d.split())` of every document, from the record's joined text (one byte per
     character, shared with the answer filter; the "\n" between documents is whitespace, so no
@@ -152,7 +147,8 @@ def document_word_counts(joined: JoinedDocs) -> np.ndarray:
     # ... and the few characters >= 128 from their code points.
     high = np.flatnonzero(b >= 0x80)
     if len(high):
-        space[high] = _IS_SPACE[np.minimum(joined.cp[high].astype(np.int64), 0xFFFF)]
+        # str.isspace of each (no character beyond the BMP is whitespace: 0xFFFF stands for them)
+        space[high] = tables().is_space[np.minimum(joined.cp[high].astype(np.int64), 0xFFFF)]
     starts = np.zeros(len(b) + 1, np.uint8)  # (+1: an empty last document starts at len(b))
     starts[0] = len(b) > 0 and not space[0]
     np.greater(space[:-1], space[1:], out=starts[1:len(b)].view(bool))
