@@ -270,3 +270,29 @@ def test_max_score_ratio_never_keeps_a_negative_above_a_gold_with_a_negative_sco
     f = filter_candidates(pos, np.array([1, 2, 3]), 0, MiningSpec(max_score_ratio=0.5), 3,
                           lambda: np.zeros(4, np.int64), 3)
     assert f.kept.tolist() == [True, False, True]
+
+
+def test_easy_pool_is_bounded_and_never_hands_a_record_its_own_text_or_its_answer():
+    """Past its size the reservoir replaces entries (seeded); a pick skips any text as long as one
+    of the record's own documents (so never one of them, even one shared with an earlier record),
+    any text containing the answer, and texts already taken."""
+    from long_ctx.stage0.easy_pool import EasyPool
+    from long_ctx.stage0.mining import Pending
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{rng.integers(1000)}" for _ in range(rng.integers(5, 40))) for _ in range(500)]
+    pool = EasyPool(7, size=16)
+    for i in range(0, 500, 2):
+        pool.offer([(t, len(t.split())) for t in texts[i:i + 2]])
+    assert len(pool.docs) == 16 and pool.offered == 500
+    held = [d.text for d in pool.docs]
+    assert len(set(held)) > 1 and set(held) <= set(texts) and held != texts[:16]  # replaced, not just the first
+    own = held[:3]  # the record shares three documents with earlier records
+    needle = held[3].split()[0]
+    p = Pending(counts=(16, 0, 0), hard=[], medium=[], needle=needle, own_lengths=frozenset(map(len, own)),
+                word_band=(0, 10**9))
+    taken: set = set()
+    got = [t for t, _ in pool.pick(p, 16, taken)]
+    assert got and not set(got) & set(own) and all(needle not in t for t in got)
+    assert len(set(got)) == len(got) and set(got) == taken
+    assert not set(pool.pick(p, 16, taken)) & set(got)  # what is taken stays taken
