@@ -7,7 +7,8 @@ uniform sample of POOL_DOCS of all offers so far (reservoir sampling, Algorithm 
 generator seeded by --seed). A record draws its easy negatives from the pool *before* offering its
 own documents, so the first record has none (its easy share falls to the next kind, counted), and
 the pool is full after POOL_DOCS / OFFER_PER_RECORD written records. Memory is bounded by
-POOL_DOCS x MAX_CHARS characters on any input; since only the main process touches the pool, in
+2 x POOL_DOCS x MAX_CHARS characters on any input (each entry keeps its text and its lowercase
+for the answer check; ~160 MB of ASCII at most); since only the main process touches the pool, in
 input order, the choices do not depend on the number of workers.
 
 An easy negative never contains the record's answer (`answer.lower() in text.lower()`, as the
