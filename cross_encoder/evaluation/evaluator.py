@@ -22,7 +22,6 @@ import collections
 import contextlib
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,11 +33,10 @@ from cross_encoder.cli_flags import ScoringFlags, check_outputs, model_inputs
 from cross_encoder.evaluation.doc_order import DOC_ORDERS, OrderCheck, document_order, score_in_orders
 from cross_encoder.evaluation.ranking_metrics import (THIRDS, bucket_order, gold_rank, pool_size_bucket, position_third,
                                                       summarize)
-from long_ctx.common.atomic import atomic_file, write_json
+from long_ctx.common.atomic import write_json
 from long_ctx.common.cli import flag
 from long_ctx.common.line_reader import LineReader
 from long_ctx.common.ordered_pool import chunked
-from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import bm25_scores
 from long_ctx.stage0.mining import word_count
 from long_ctx.stage0.nq_format import NQRecord, SkipRecord, parse_line
@@ -170,7 +168,7 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
 
     `reranker` (a `cross_encoder.serving.reranker.Reranker`) skips loading one from model_file/adapter.
     """
-    from cross_encoder.evaluation.report import format_table, plot_results
+    from cross_encoder.evaluation.report import format_table, open_run, plot_results
     from cross_encoder.serving.reranker import QueryCutWarning
 
     config.validate()
@@ -194,13 +192,7 @@ def main(config: EvalConfig, reranker=None) -> dict[str, Any]:
     check_s = 0.0
     docs_scored = 0
     with contextlib.ExitStack() as stack:
-        # The per-question file appears only if the whole run succeeds.
-        fh = stack.enter_context(atomic_file(config.per_question, "wb")) if config.per_question else None
-        bar = stack.enter_context(progress_bar(total=reader.input_size, unit="B", unit_scale=True,
-                                               desc="evaluating", disable=not config.progress))
-        # Counted and reported once at the end instead (questions_cut).
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore", QueryCutWarning)
+        fh, bar = open_run(stack, config, reader.input_size, "evaluating", QueryCutWarning)  # cut: questions_cut
         for chunk in chunked(iter_pools(reader, config.limit, config.max_docs, skipped), config.question_batch):
             t0 = time.perf_counter()
             bm25 = [bm25_scores(rec.documents, rec.question, config.bm25_tokenizer) for _, rec in chunk]

@@ -1,17 +1,33 @@
 """Human-readable views of evaluation results: the printed table and the PNG bar chart."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from typing import Any, Sequence
+import warnings
+from typing import IO, Any, Sequence
 
 from cross_encoder.evaluation.ranking_metrics import METRIC_NAMES, THIRDS
 from long_ctx.common.atomic import atomic_file
+from long_ctx.common.progress import progress_bar
 
 LABELS = {"cross_encoder": "cross-encoder", "bm25": "BM25", "length": "length"}
 BAR_METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@5", "recall@10")
 COLORS = {"cross_encoder": "#1f77b4", "bm25": "#ff7f0e", "length": "#9e9e9e"}
 
+
+
+def open_run(stack: contextlib.ExitStack, config: Any, input_size: int | None, desc: str,
+             quiet: type[Warning]) -> tuple[IO[bytes] | None, Any]:
+    """What every evaluation run holds open on `stack`: the --per_question file (it appears only
+    if the whole run succeeds) and the progress bar over input bytes; `quiet` warnings are counted
+    and reported once at the end instead of per question."""
+    fh = stack.enter_context(atomic_file(config.per_question, "wb")) if config.per_question else None
+    bar = stack.enter_context(progress_bar(total=input_size, unit="B", unit_scale=True, desc=desc,
+                                           disable=not config.progress))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", quiet)
+    return fh, bar
 
 def _fmt(x: Any, width: int = 13) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):

@@ -21,18 +21,16 @@ import contextlib
 import dataclasses
 import os
 import time
-import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import orjson
 
 from cross_encoder.evaluation.ranking_metrics import THIRDS, gold_rank, summarize
-from cross_encoder.evaluation.report import LABELS, _fmt, plot_panels
-from long_ctx.common.atomic import atomic_file, write_json
+from cross_encoder.evaluation.report import LABELS, _fmt, open_run, plot_panels
+from long_ctx.common.atomic import write_json
 from long_ctx.common.line_reader import LineReader
 from long_ctx.common.ordered_pool import chunked
-from long_ctx.common.progress import progress_bar
 from long_ctx.stage0.bm25 import bm25_scores
 from long_ctx.stage0.modes import view_of
 from long_ctx.stage0.modes.window import WindowSpec, build_windows
@@ -121,11 +119,7 @@ def evaluate_windows(config, reranker, iter_pools: Callable[..., Iterator[tuple[
     seconds = {s: 0.0 for s in SYSTEMS}
     windows_cut = 0
     with contextlib.ExitStack() as stack:
-        fh = stack.enter_context(atomic_file(config.per_question, "wb")) if config.per_question else None
-        bar = stack.enter_context(progress_bar(total=reader.input_size, unit="B", unit_scale=True,
-                                               desc="evaluating windows", disable=not config.progress))
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore", QueryCutWarning)
+        fh, bar = open_run(stack, config, reader.input_size, "evaluating windows", QueryCutWarning)
         pools = iter_pools(reader, config.limit, config.max_docs, skipped)
         for chunk in chunked(iter_window_questions(pools, config, skipped), config.question_batch):
             t0 = time.perf_counter()
